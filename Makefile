@@ -1,0 +1,59 @@
+# The two commands of the README: `make demo` and `make test`. Everything else supports them.
+SHELL := /bin/bash
+PYTHON ?= $(shell scripts/find-python.sh)
+VENV ?= .venv
+VENV52 ?= .venv-django52
+PY := $(VENV)/bin/python
+PY52 := $(VENV52)/bin/python
+PYTHON52 ?= $(shell command -v python3.11 || echo python3)
+
+.PHONY: venv build demo test test-rust test-python test-django52 lint typecheck bench bench-quick clean
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Builds the Rust extension (release) into the venv, editable.
+build: venv
+	$(VENV)/bin/maturin develop --release --quiet
+
+demo: build
+	cd examples && ../$(PY) run_demo.py
+
+test: build test-rust test-python
+
+test-rust:
+	cargo test --workspace --exclude fasttasks-py
+
+# pytest on SQLite, then on PostgreSQL (required under CI=true, skipped with a warning otherwise).
+test-python: build
+	FASTTASKS_TEST_DB=sqlite $(PY) -m pytest
+	FASTTASKS_TEST_DB=postgres $(PY) -m pytest
+
+$(VENV52)/.installed: requirements-django52.txt
+	$(PYTHON52) -m venv $(VENV52)
+	$(PY52) -m pip install --quiet --upgrade pip
+	$(PY52) -m pip install --quiet -r requirements-django52.txt
+	touch $@
+
+# The same suite on Django 5.2 LTS + the django-tasks backport.
+test-django52: $(VENV52)/.installed
+	VIRTUAL_ENV=$(abspath $(VENV52)) $(VENV52)/bin/maturin develop --release --quiet
+	FASTTASKS_TEST_DB=sqlite $(PY52) -m pytest
+	FASTTASKS_TEST_DB=postgres $(PY52) -m pytest
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
+
+typecheck: build
+	$(VENV)/bin/mypy python/fasttasks
+
+clean:
+	rm -rf $(VENV) $(VENV52) target

@@ -1,0 +1,1 @@
+"""fasttasks: a production backend and worker for Django's tasks framework."""

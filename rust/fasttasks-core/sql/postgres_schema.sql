@@ -1,0 +1,42 @@
+-- fasttasks schema for PostgreSQL. The single source of truth: the Django migration runs these
+-- statements (through fasttasks._core.schema_statements) and the Rust tests install them the same way.
+-- Statements are separated by a line holding only ";" so that both sides can split them without a parser.
+
+CREATE TABLE fasttasks_task (
+    id                varchar(64)  NOT NULL PRIMARY KEY,
+    task_path         text         NOT NULL,
+    queue_name        varchar(255) NOT NULL,
+    backend_name      varchar(255) NOT NULL,
+    priority          integer      NOT NULL DEFAULT 0
+        CONSTRAINT fasttasks_task_priority_range CHECK (priority BETWEEN -100 AND 100),
+    status            varchar(10)  NOT NULL DEFAULT 'READY'
+        CONSTRAINT fasttasks_task_status_valid CHECK (status IN ('READY', 'RUNNING', 'SUCCESSFUL', 'FAILED')),
+    args              jsonb        NOT NULL DEFAULT '[]',
+    kwargs            jsonb        NOT NULL DEFAULT '{}',
+    -- run_after is what the user asked for (NULL = as soon as possible); available_at is when the
+    -- row may next be claimed (run_after, enqueued_at, or a retry's backoff). Claims order and filter on
+    -- available_at only, so the ready index needs no NULL handling.
+    run_after         timestamptz  NULL,
+    available_at      timestamptz  NOT NULL,
+    enqueued_at       timestamptz  NOT NULL,
+    started_at        timestamptz  NULL,
+    last_attempted_at timestamptz  NULL,
+    finished_at       timestamptz  NULL,
+    attempts          integer      NOT NULL DEFAULT 0,
+    max_attempts      integer      NOT NULL DEFAULT 1,
+    worker_ids        jsonb        NOT NULL DEFAULT '[]',
+    -- one object per failed attempt: {"exception_class_path", "traceback", "attempt", "worker_id"}
+    errors            jsonb        NOT NULL DEFAULT '[]',
+    return_value      jsonb        NULL,
+    -- the worker holding the current attempt and the fencing token of that claim; completions must
+    -- match lease_token, so a worker whose attempt was taken away cannot overwrite the newer one.
+    worker_id         varchar(64)  NULL,
+    lease_token       bigint       NULL
+)
+;
+-- Partial: only READY rows are in it, so finished history never slows a claim.
+CREATE INDEX fasttasks_task_ready_idx ON fasttasks_task (priority DESC, available_at, id) WHERE status = 'READY'
+;
+CREATE INDEX fasttasks_task_running_idx ON fasttasks_task (worker_id) WHERE status = 'RUNNING'
+;
+CREATE INDEX fasttasks_task_finished_idx ON fasttasks_task (finished_at) WHERE status IN ('SUCCESSFUL', 'FAILED')

@@ -1,0 +1,174 @@
+//! How to reach the database and how a worker behaves. Built by the binding crate from Django's
+//! settings (so a worker always talks to the database Django uses) or directly by tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The SQL dialect of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    /// Django's `connection.vendor` names: "postgresql" and "sqlite".
+    pub fn from_vendor(vendor: &str) -> crate::Result<Self> {
+        match vendor {
+            "postgresql" | "postgres" => Ok(Self::Postgres),
+            "sqlite" | "sqlite3" => Ok(Self::Sqlite),
+            other => Err(crate::Error::Config(format!(
+                "unsupported database vendor {other:?}: fasttasks supports PostgreSQL and SQLite"
+            ))),
+        }
+    }
+}
+
+/// Where the queue table lives. Fields mirror Django's `DATABASES[alias]` so that no URL escaping is needed.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    Postgres {
+        host: String,
+        port: u16,
+        user: String,
+        password: Option<String>,
+        dbname: String,
+        /// `sslmode` etc. as libpq option names and values (only the ones sqlx understands are applied).
+        options: Vec<(String, String)>,
+    },
+    Sqlite {
+        path: PathBuf,
+        /// How long a statement waits for another process's write lock before failing.
+        busy_timeout: Duration,
+    },
+}
+
+impl DatabaseConfig {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::Postgres { .. } => Dialect::Postgres,
+            Self::Sqlite { .. } => Dialect::Sqlite,
+        }
+    }
+
+    /// A description for banners and logs, without the password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Postgres { host, port, user, dbname, .. } => {
+                format!("postgresql://{user}@{host}:{port}/{dbname}")
+            }
+            Self::Sqlite { path, .. } => format!("sqlite:{}", path.display()),
+        }
+    }
+}
+
+/// Which queues a worker claims from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueFilter {
+    /// `--queues '*'`: every queue of the backend.
+    All,
+    /// Only these queue names.
+    Only(Vec<String>),
+}
+
+impl QueueFilter {
+    /// Parses the `--queues` flag: a comma-separated list, `*` for all.
+    pub fn parse(spec: &str) -> crate::Result<Self> {
+        let names: Vec<String> = spec
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.iter().any(|name| name == "*") {
+            if names.len() > 1 {
+                return Err(crate::Error::Config("'*' cannot be combined with queue names".into()));
+            }
+            return Ok(Self::All);
+        }
+        if names.is_empty() {
+            return Err(crate::Error::Config("no queue names given".into()));
+        }
+        Ok(Self::Only(names))
+    }
+}
+
+/// How one worker process behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The `TASKS` alias whose rows this worker runs (the table may hold several backends' rows).
+    pub backend_name: String,
+    pub queues: QueueFilter,
+    /// Maximum tasks in flight at once (sync tasks on threads plus coroutines on the event loop).
+    pub concurrency: usize,
+    /// Stored in `worker_ids` and `worker_id`; at most 64 characters.
+    pub worker_id: String,
+    /// Drain everything that is due, then stop.
+    pub batch: bool,
+    /// Stop after claiming this many tasks.
+    pub max_tasks: Option<u64>,
+    /// The idle poll interval: how long the producer sleeps when nothing was due and no wake-up came.
+    pub poll_interval: Duration,
+    /// The most outcomes written in one completion statement.
+    pub completion_batch_size: usize,
+    /// How long the completer waits to fill a batch before writing it anyway.
+    pub completion_linger: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(backend_name: impl Into<String>, worker_id: impl Into<String>) -> Self {
+        Self {
+            backend_name: backend_name.into(),
+            queues: QueueFilter::Only(vec!["default".into()]),
+            concurrency: 8,
+            worker_id: worker_id.into(),
+            batch: false,
+            max_tasks: None,
+            poll_interval: Duration::from_secs(1),
+            completion_batch_size: 500,
+            completion_linger: Duration::from_millis(2),
+        }
+    }
+
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.concurrency == 0 {
+            return Err(crate::Error::Config("concurrency must be at least 1".into()));
+        }
+        if self.worker_id.is_empty() || self.worker_id.chars().count() > 64 {
+            return Err(crate::Error::Config("worker id must be 1 to 64 characters".into()));
+        }
+        if self.max_tasks == Some(0) {
+            return Err(crate::Error::Config("max_tasks must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_filter_parses_lists_and_star() {
+        assert_eq!(QueueFilter::parse("*").unwrap(), QueueFilter::All);
+        assert_eq!(
+            QueueFilter::parse("default, emails").unwrap(),
+            QueueFilter::Only(vec!["default".into(), "emails".into()])
+        );
+        assert!(QueueFilter::parse("*,emails").is_err());
+        assert!(QueueFilter::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn worker_config_rejects_nonsense() {
+        let mut config = WorkerConfig::new("default", "w1");
+        assert!(config.validate().is_ok());
+        config.concurrency = 0;
+        assert!(config.validate().is_err());
+        let mut config = WorkerConfig::new("default", "x".repeat(65));
+        assert!(config.validate().is_err());
+        config.worker_id = "ok".into();
+        config.max_tasks = Some(0);
+        assert!(config.validate().is_err());
+    }
+}

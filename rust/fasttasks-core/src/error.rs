@@ -1,0 +1,17 @@
+//! The core's one error type. The binding crate maps each variant to one Python exception, once.
+
+/// Everything that can go wrong in the core. Task failures are not errors: they are [`crate::OutcomeKind::Failed`] data.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration cannot work (unknown database vendor, bad option).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The database refused or the connection broke. Workers retry these with backoff.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row that the store read cannot be turned into a job (bad timestamp text, etc.).
+    #[error("corrupt row {id}: {reason}")]
+    CorruptRow { id: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! worker services — being written
