@@ -55,5 +55,14 @@ lint: venv
 typecheck: build
 	$(VENV)/bin/mypy python/fasttasks
 
+# Drain benchmark, fasttasks vs django-tasks-db on SQLite and PostgreSQL in the same run; appends the
+# figures to benches/RESULTS.md (raw JSON in benches/out/).
+bench: build
+	BENCH_MAKE_TARGET=bench $(PY) benches/run.py
+
+# Smoke run of the same (CI): 2,000 tasks, once; checks that every scenario still runs, records nothing.
+bench-quick: build
+	BENCH_MAKE_TARGET=bench-quick $(PY) benches/run.py --quick
+
 clean:
 	rm -rf $(VENV) $(VENV52) target

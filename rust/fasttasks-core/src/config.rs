@@ -74,12 +74,8 @@ pub enum QueueFilter {
 impl QueueFilter {
     /// Parses the `--queues` flag: a comma-separated list, `*` for all.
     pub fn parse(spec: &str) -> crate::Result<Self> {
-        let names: Vec<String> = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let names: Vec<String> =
+            spec.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
         if names.iter().any(|name| name == "*") {
             if names.len() > 1 {
                 return Err(crate::Error::Config("'*' cannot be combined with queue names".into()));

@@ -33,9 +33,8 @@ fn split_statements(text: &str) -> Vec<String> {
 }
 
 fn push_statement(statements: &mut Vec<String>, current: &mut String) {
-    let has_code = current
-        .lines()
-        .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"));
+    let has_code =
+        current.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"));
     if has_code {
         statements.push(current.trim().to_string());
     }

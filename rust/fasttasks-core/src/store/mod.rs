@@ -9,6 +9,8 @@
 //!   them in that order. Two concurrent claimers never get the same row.
 //! - `complete` writes a batch of outcomes in one statement (PostgreSQL) or one transaction (SQLite),
 //!   each only where `status = 'RUNNING'` and `lease_token` matches; the others are reported stale.
+//!   A return value or error the database cannot store (malformed JSON, `\u0000` in a PostgreSQL `jsonb`)
+//!   fails only that attempt, with the reason as its error, so one bad value never blocks the batch.
 //! - `release` hands claimed-but-unstarted jobs back: READY again, as if never claimed.
 
 mod postgres;
@@ -16,10 +18,10 @@ mod sqlite;
 
 use std::time::Duration;
 
+use crate::Result;
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
 use crate::job::{ClaimedJob, NewJob, Outcome};
 use crate::time::Timestamp;
-use crate::Result;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -144,4 +146,99 @@ impl Store {
             Self::Sqlite(store) => store.close().await,
         }
     }
+}
+
+/// How one outcome is written: the row's next status and the values the completion statements bind.
+/// Both stores build it with [`OutcomeWrite::plan`], so their semantics cannot drift apart.
+#[derive(Debug, Clone)]
+struct OutcomeWrite<'a> {
+    id: &'a str,
+    lease_token: i64,
+    /// "SUCCESSFUL", "FAILED", or "READY" (a failure with a retry).
+    status: &'static str,
+    /// Successes only: the JSON text stored in `return_value`.
+    return_json: Option<std::borrow::Cow<'a, str>>,
+    /// Failures only: one JSON object appended to `errors`.
+    error_json: Option<std::borrow::Cow<'a, str>>,
+    /// `None` for a retry: the task is not finished.
+    finished_at: Option<Timestamp>,
+    /// Retries only: when the row may be claimed again.
+    retry_at: Option<Timestamp>,
+}
+
+impl<'a> OutcomeWrite<'a> {
+    const SUCCESSFUL: &'static str = "SUCCESSFUL";
+    const FAILED: &'static str = "FAILED";
+    const READY: &'static str = "READY";
+
+    /// Checks the JSON texts before they reach the database: one malformed text would otherwise make the
+    /// whole batch fail on every retry, and the completer could never write anything again. A malformed
+    /// text turns into a failure of that one attempt, with the reason as its error.
+    fn plan(outcome: &'a Outcome) -> Self {
+        use crate::job::OutcomeKind;
+        let base = Self {
+            id: &outcome.id,
+            lease_token: outcome.lease_token,
+            status: Self::SUCCESSFUL,
+            return_json: None,
+            error_json: None,
+            finished_at: Some(outcome.finished_at),
+            retry_at: None,
+        };
+        match &outcome.kind {
+            OutcomeKind::Succeeded { return_json } => {
+                let planned = Self { return_json: Some(return_json.as_str().into()), ..base };
+                match json_problem(return_json) {
+                    None => planned,
+                    Some(problem) => planned.refused(&problem),
+                }
+            }
+            OutcomeKind::Failed { error_json, retry_at } => {
+                let planned = Self {
+                    status: if retry_at.is_some() { Self::READY } else { Self::FAILED },
+                    error_json: Some(error_json.as_str().into()),
+                    finished_at: if retry_at.is_some() { None } else { Some(outcome.finished_at) },
+                    retry_at: *retry_at,
+                    ..base
+                };
+                match json_problem(error_json) {
+                    None => planned,
+                    Some(problem) => planned.refused(&problem),
+                }
+            }
+        }
+    }
+
+    /// The write to make instead when this one cannot be stored (malformed JSON here, or a text the
+    /// database refuses, such as `\u0000` in a PostgreSQL `jsonb`): a success becomes a final failure
+    /// (running it again would not make its result storable); a failure keeps its status and retry time
+    /// but records `reason` instead of its unstorable error. The replacement is always valid JSON.
+    fn refused(self, reason: &str) -> Self {
+        let (status, finished_at, what) = if self.status == Self::SUCCESSFUL {
+            (Self::FAILED, self.finished_at, "return value")
+        } else {
+            (self.status, self.finished_at, "error report")
+        };
+        let error = serde_json::json!({
+            "exception_class_path": "builtins.ValueError",
+            "traceback": format!("fasttasks could not store the task's {what}: {reason}"),
+        });
+        Self { status, return_json: None, error_json: Some(error.to_string().into()), finished_at, ..self }
+    }
+}
+
+/// Why `text` is not one JSON value, or `None` if it is. Validates without building the value and
+/// without a nesting limit (`IgnoredAny` walks the text iteratively), so any JSON the databases accept
+/// passes.
+fn json_problem(text: &str) -> Option<String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).err().map(|error| format!("not valid JSON ({error})"))
+}
+
+/// Puts claimed rows in claim order (priority descending, then `available_at`, then `id`): the databases
+/// return `UPDATE … RETURNING` rows in no particular order. `K` is `available_at` in a form that sorts
+/// like the database sorts it.
+fn sort_in_claim_order<K: Ord>(rows: &mut [(ClaimedJob, K)]) {
+    rows.sort_by(|(a, a_at), (b, b_at)| {
+        b.priority.cmp(&a.priority).then_with(|| a_at.cmp(b_at)).then_with(|| a.id.cmp(&b.id))
+    });
 }

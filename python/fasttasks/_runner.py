@@ -1,0 +1,223 @@
+"""The only Python the Rust executor calls: run one claimed attempt and report its outcome as data.
+
+Each task thread of the worker calls ``Runner.execute(job, reply)`` for every attempt it takes. The
+runner resolves the task (it must be a ``django.tasks.Task``), rebuilds the ``TaskResult`` the signals and
+the ``TaskContext`` need, sends ``task_started``, calls the function, JSON-normalizes the return value,
+sends ``task_finished`` and reports success or failure through ``reply``. Task exceptions never escape:
+they become an entry of the row's ``errors``. Coroutine functions run on one asyncio event loop shared by
+the whole worker, so many can wait at once; their ``reply`` is sent from the loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connections
+
+from . import _json
+from ._results import build_task_result, task_for_row
+from .compat import (
+    Task,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultStatus,
+    normalize_json,
+    task_backends,
+    task_finished,
+    task_started,
+)
+
+if TYPE_CHECKING:
+    from ._core import Job, Reply
+
+logger = logging.getLogger("fasttasks.worker")
+
+__all__ = ["Runner"]
+
+
+def exception_class_path(exc: BaseException) -> str:
+    """The dotted path Django's ``TaskError`` stores: ``module.QualName`` of the exception's class."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+class Runner:
+    """Runs attempts for one backend alias inside one worker process."""
+
+    def __init__(self, backend_alias: str, worker_id: str) -> None:
+        self.backend_alias = backend_alias
+        self.worker_id = worker_id
+        # Signals are sent with the backend *class* as sender, as Django's contract documents.
+        self.backend_class: type[Any] = type(task_backends[backend_alias])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+
+    # -- called by the Rust task threads ------------------------------------------------------------
+
+    def execute(self, job: Job, reply: Reply) -> None:
+        """Run one attempt; report through ``reply`` (now, or later for a coroutine task)."""
+        close_old_connections()
+        try:
+            prepared = self._prepare(job)
+        except Exception as exc:
+            # The row cannot be run (unknown path, not a Task, corrupt arguments): it fails with the
+            # reason, no signals are sent (there is no Task to describe), and the worker goes on.
+            logger.error("Task id=%s path=%s cannot run: %s", job.id, job.task_path, exc)
+            reply.fail(self._error_entry(job, exc))
+            return
+        task, result, args, kwargs = prepared
+        self._send(task_started, result)
+        if inspect.iscoroutinefunction(task.func):
+            coroutine = self._run_coroutine(job, reply, task, result, args, kwargs)
+            asyncio.run_coroutine_threadsafe(coroutine, self._event_loop())
+            return
+        try:
+            if task.takes_context:
+                value = task.func(TaskContext(task_result=result), *args, **kwargs)
+            else:
+                value = task.func(*args, **kwargs)
+            return_json, normalized = self._encode_return(value)
+        except BaseException as exc:  # noqa: BLE001 — every task exception is data (Django: BaseException)
+            self._fail(job, reply, result, exc)
+        else:
+            self._succeed(reply, result, return_json, normalized)
+        finally:
+            close_old_connections()
+
+    def thread_exit(self) -> None:
+        """Called by each task thread when the worker stops: close that thread's connections."""
+        connections.close_all()
+
+    # -- one attempt --------------------------------------------------------------------------------
+
+    def _prepare(self, job: Job) -> tuple[Task, TaskResult, list[Any], dict[str, Any]]:
+        task = task_for_row(
+            job.task_path,
+            priority=job.priority,
+            queue_name=job.queue_name,
+            run_after=job.run_after,
+            backend=job.backend_name,
+        )
+        args = _json.loads(job.args_json)
+        kwargs = _json.loads(job.kwargs_json)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError(
+                f"corrupt task row: args must be a JSON array and kwargs a JSON object, got "
+                f"{type(args).__name__} and {type(kwargs).__name__}"
+            )
+        worker_ids = _json.loads(job.worker_ids_json)
+        result = build_task_result(
+            task=task,
+            id=job.id,
+            status=TaskResultStatus.RUNNING,
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            finished_at=None,
+            last_attempted_at=job.last_attempted_at,
+            args=args,
+            kwargs=kwargs,
+            backend=job.backend_name,
+            errors=[],
+            worker_ids=worker_ids if isinstance(worker_ids, list) else [self.worker_id],
+        )
+        return task, result, args, kwargs
+
+    async def _run_coroutine(
+        self,
+        job: Job,
+        reply: Reply,
+        task: Task,
+        result: TaskResult,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> None:
+        # The async ORM runs in asgiref's thread-sensitive executor: keep that thread's connections
+        # healthy around each task, as the sync path does for task threads.
+        await sync_to_async(close_old_connections)()
+        try:
+            func: Callable[..., Coroutine[Any, Any, Any]] = task.func
+            if task.takes_context:
+                value = await func(TaskContext(task_result=result), *args, **kwargs)
+            else:
+                value = await func(*args, **kwargs)
+            return_json, normalized = self._encode_return(value)
+        except BaseException as exc:  # noqa: BLE001 — CancelledError too: the attempt is over
+            self._fail(job, reply, result, exc)
+        else:
+            self._succeed(reply, result, return_json, normalized)
+        finally:
+            await sync_to_async(close_old_connections)()
+
+    @staticmethod
+    def _encode_return(value: Any) -> tuple[str, Any]:
+        """Normalize like Django's ImmediateBackend; a value that cannot be stored fails the task."""
+        normalized = normalize_json(value)
+        return _json.dumps(normalized), normalized
+
+    def _succeed(self, reply: Reply, result: TaskResult, return_json: str, value: Any) -> None:
+        reply.succeed(return_json)
+        _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=_now(), _return_value=value)
+        self._send(task_finished, result)
+
+    def _fail(self, job: Job, reply: Reply, result: TaskResult, exc: BaseException) -> None:
+        entry = self._error_entry(job, exc)
+        reply.fail(entry)
+        error = TaskError(exception_class_path=exception_class_path(exc), traceback=_format(exc))
+        _set(result, status=TaskResultStatus.FAILED, finished_at=_now(), errors=[*result.errors, error])
+        # Sent inside the except block of the caller, so Django's receiver logs the traceback.
+        self._send(task_finished, result)
+
+    def _error_entry(self, job: Job, exc: BaseException) -> str:
+        return _json.dumps(
+            {
+                "exception_class_path": exception_class_path(exc),
+                "traceback": _format(exc),
+                "attempt": job.attempt,
+                "worker_id": self.worker_id,
+                "failed_at": _now().isoformat(),
+            }
+        )
+
+    def _send(self, signal: Any, result: TaskResult) -> None:
+        # A broken receiver must not change the task's outcome: log it and go on.
+        for receiver, response in signal.send_robust(sender=self.backend_class, task_result=result):
+            if isinstance(response, BaseException):
+                logger.error(
+                    "Signal receiver %r raised for task id=%s",
+                    receiver,
+                    result.id,
+                    exc_info=(type(response), response, response.__traceback__),
+                )
+
+    # -- the event loop for coroutine tasks ---------------------------------------------------------
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="fasttasks-asyncio", daemon=True)
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+
+def _now() -> datetime:
+    return datetime.now(tz=timezone.utc)
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def _set(result: TaskResult, **fields: Any) -> None:
+    # TaskResult is a frozen dataclass; backends update it this way (as Django's own backends do).
+    for name, value in fields.items():
+        object.__setattr__(result, name, value)

@@ -1,0 +1,315 @@
+"""Runs one worker process: shared by ``fasttasks-worker`` (cli.py) and ``manage.py fasttasks_worker``.
+
+The Python main thread keeps control of the process: it owns the signal handlers (first SIGINT/SIGTERM:
+graceful stop; second: immediate exit), logs what the Rust side reports, and prints the periodic summary.
+The Rust side claims, executes (on its own Python threads) and completes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger("fasttasks.worker")
+
+#: Exit code after a second signal cut the graceful stop short.
+EXIT_ABORTED = 1
+#: Seconds between two summary lines while running.
+SUMMARY_EVERY = 10.0
+
+
+class WorkerSetupError(Exception):
+    """The worker cannot start with these settings or flags (the message says why)."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    backend: str = "default"
+    queues: tuple[str, ...] | None = ("default",)  # None = every queue
+    concurrency: int = 8
+    worker_id: str | None = None
+    batch: bool = False
+    max_tasks: int | None = None
+    interval: float = 1.0
+    verbosity: int = 1
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both commands share (``--settings``, ``--pythonpath`` and ``-v`` come from each command)."""
+    parser.add_argument(
+        "--queues",
+        default="default",
+        help="Comma-separated queue names to run, or '*' for every queue (default: default).",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        help="Tasks run at once: task threads, and coroutine tasks in flight (default: 8).",
+    )
+    parser.add_argument(
+        "--backend", default="default", help="The TASKS alias to run (default: default)."
+    )
+    parser.add_argument(
+        "--worker-id",
+        type=_worker_id,
+        default=None,
+        help="Id recorded in each attempt's worker_ids (default: host-pid-random).",
+    )
+    parser.add_argument(
+        "--batch", action="store_true", help="Run every task that is due, then exit 0."
+    )
+    parser.add_argument(
+        "--max-tasks", type=_positive_int, default=None, help="Exit after claiming this many tasks."
+    )
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=1.0,
+        help="Seconds between polls when idle and no wake-up arrives (default: 1).",
+    )
+
+
+def options_from_namespace(namespace: argparse.Namespace | dict[str, Any]) -> WorkerOptions:
+    values = vars(namespace) if isinstance(namespace, argparse.Namespace) else namespace
+    spec = [name.strip() for name in str(values["queues"]).split(",") if name.strip()]
+    if "*" in spec and len(spec) > 1:
+        raise WorkerSetupError("--queues: '*' cannot be combined with queue names")
+    if not spec:
+        raise WorkerSetupError("--queues: give at least one queue name, or '*'")
+    return WorkerOptions(
+        backend=values["backend"],
+        queues=None if spec == ["*"] else tuple(spec),
+        concurrency=values["concurrency"],
+        worker_id=values["worker_id"],
+        batch=values["batch"],
+        max_tasks=values["max_tasks"],
+        interval=values["interval"],
+        verbosity=int(values.get("verbosity", 1)),
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _interval(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be a finite number of seconds >= 0")
+    return value
+
+
+def _worker_id(text: str) -> str:
+    if not text or len(text) > 64:
+        raise argparse.ArgumentTypeError("must be 1 to 64 characters")
+    return text
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def database_settings(alias: str) -> dict[str, Any]:
+    """What the Rust core needs to reach Django's database ``alias``, from ``settings.DATABASES``."""
+    from django.db import connections
+
+    if alias not in settings.DATABASES:
+        raise WorkerSetupError(f"the queue database {alias!r} is not in settings.DATABASES")
+    connection = connections[alias]
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        name = str(params["NAME"])
+        if name == ":memory:" or "mode=memory" in name:
+            raise WorkerSetupError(
+                f"database {alias!r} is an in-memory SQLite database; a worker process cannot see it. "
+                "Use a file."
+            )
+        timeout = (params.get("OPTIONS") or {}).get("timeout", 5.0)
+        return {"vendor": "sqlite", "path": name, "busy_timeout": float(timeout)}
+    if connection.vendor == "postgresql":
+        options = params.get("OPTIONS") or {}
+        extra = [
+            (key, str(options[key]))
+            for key in ("sslmode", "application_name")
+            if options.get(key) is not None
+        ]
+        return {
+            "vendor": "postgresql",
+            "host": params.get("HOST") or "localhost",
+            "port": int(params.get("PORT") or 5432),
+            "user": params.get("USER") or os.environ.get("PGUSER") or "postgres",
+            "password": params.get("PASSWORD") or None,
+            "dbname": params["NAME"],
+            "options": extra,
+        }
+    raise WorkerSetupError(
+        f"database {alias!r} uses {connection.vendor!r}; fasttasks supports PostgreSQL and SQLite"
+    )
+
+
+def configure_logging(verbosity: int) -> None:
+    """0: errors only; 1: worker life and failed tasks; 2: every task; 3: debug."""
+    from .compat import TASKS_LOGGER_NAME
+
+    worker_level = {0: logging.ERROR, 1: logging.INFO, 2: logging.INFO}.get(verbosity, logging.DEBUG)
+    tasks_level = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO}.get(verbosity, logging.DEBUG)
+    for name, level in (("fasttasks", worker_level), (TASKS_LOGGER_NAME, tasks_level)):
+        named = logging.getLogger(name)
+        named.setLevel(level)
+        if not named.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            named.addHandler(handler)
+            named.propagate = False
+
+
+class _Signals:
+    """First SIGINT/SIGTERM: graceful stop. Second: immediate stop."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            stats = self.worker.stats()
+            logger.info(
+                "%s received: stopping — no new tasks; waiting for %d running to finish "
+                "(send again to exit at once)",
+                name,
+                stats["in_flight"],
+            )
+            self.worker.stop()
+        else:
+            logger.warning("%s received again: exiting now; running tasks are left unfinished", name)
+            self.worker.abort()
+
+
+def run_worker(options: WorkerOptions) -> int:
+    """Run a worker until it is stopped or (``--batch``/``--max-tasks``) done. Returns the exit code."""
+    from . import __version__
+    from ._core import Worker
+    from ._runner import Runner
+    from .backend import FastTasksBackend
+    from .compat import task_backends
+
+    configure_logging(options.verbosity)
+    try:
+        backend = task_backends[options.backend]
+    except Exception as exc:
+        raise WorkerSetupError(f"--backend {options.backend!r}: {exc}") from exc
+    if not isinstance(backend, FastTasksBackend):
+        raise WorkerSetupError(
+            f"--backend {options.backend!r} is {type(backend).__module__}.{type(backend).__qualname__}; "
+            "the worker runs fasttasks.backend.FastTasksBackend backends only"
+        )
+    worker_id = options.worker_id or default_worker_id()
+    runner = Runner(options.backend, worker_id)
+    worker = Worker(
+        database_settings(backend.database_alias),
+        runner,
+        backend=options.backend,
+        worker_id=worker_id,
+        queues=list(options.queues) if options.queues is not None else None,
+        concurrency=options.concurrency,
+        batch=options.batch,
+        max_tasks=options.max_tasks,
+        poll_interval=options.interval,
+    )
+    queues = "*" if options.queues is None else ",".join(options.queues)
+    mode = "batch" if options.batch else "continuous"
+    logger.info(
+        "fasttasks %s worker %s: database %s, backend %r, queues %s, concurrency %d, %s",
+        __version__,
+        worker_id,
+        worker.database,
+        options.backend,
+        queues,
+        options.concurrency,
+        mode,
+    )
+    signals = _Signals(worker)
+    signals.install()
+    started = time.monotonic()
+    try:
+        worker.start()
+        _supervise(worker, started)
+    finally:
+        signals.restore()
+        _log_events(worker)
+    summary = worker.result()
+    elapsed = summary["elapsed"]
+    done = summary["succeeded"] + summary["failed"]
+    logger.info(
+        "fasttasks worker %s stopped after %.1fs: %d tasks finished (%d successful, %d failed, "
+        "%d retried), %.0f tasks/s%s",
+        worker_id,
+        elapsed,
+        done,
+        summary["succeeded"],
+        summary["failed"],
+        summary["retried"],
+        done / elapsed if elapsed > 0 else 0.0,
+        f", {summary['released']} handed back unstarted" if summary["released"] else "",
+    )
+    if summary["aborted"]:
+        # Task threads may still be inside tasks that cannot be interrupted; do not wait for them.
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(EXIT_ABORTED)
+    return 0
+
+
+def _supervise(worker: Any, started: float) -> None:
+    last_summary = started
+    last_done = 0
+    while not worker.wait(0.2):
+        _log_events(worker)
+        now = time.monotonic()
+        if now - last_summary >= SUMMARY_EVERY:
+            stats = worker.stats()
+            done = stats["succeeded"] + stats["failed"]
+            rate = (done - last_done) / (now - last_summary)
+            logger.info(
+                "%d done (%d successful, %d failed, %d retried), %d running, %.0f tasks/s",
+                done,
+                stats["succeeded"],
+                stats["failed"],
+                stats["retried"],
+                stats["in_flight"],
+                rate,
+            )
+            last_summary, last_done = now, done
+
+
+def _log_events(worker: Any) -> None:
+    levels = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+    for level, message in worker.drain_events():
+        logger.log(levels.get(level, logging.ERROR), "%s", message)

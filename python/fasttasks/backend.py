@@ -1,0 +1,433 @@
+"""``FastTasksBackend``: the ``django.tasks`` backend that stores tasks in a database table.
+
+Enqueueing is one ``INSERT`` through Django's own connection for the configured database alias, so a
+task is part of the caller's transaction: rolled back means no task, committed means the task exists.
+The Rust worker (``fasttasks-worker`` / ``manage.py fasttasks_worker``) claims and runs the rows.
+
+Configuration::
+
+    TASKS = {
+        "default": {
+            "BACKEND": "fasttasks.backend.FastTasksBackend",
+            "QUEUES": ["default"],
+            "OPTIONS": {"DATABASE": "default"},  # the DATABASES alias holding the queue table
+        }
+    }
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
+from zoneinfo import ZoneInfo
+
+from django.apps import apps
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils import timezone
+
+from . import _json
+from ._results import build_task_result, errors_from_json, task_for_row
+from .compat import (
+    BACKPORT,
+    BaseTaskBackend,
+    InvalidTask,
+    Task,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_enqueued,
+)
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from .models import TaskRecord
+
+__all__ = ["FastTasksBackend", "aenqueue_many", "enqueue_many"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: Database vendors the schema exists for.
+SUPPORTED_VENDORS: Final = ("postgresql", "sqlite")
+#: PostgreSQL channel notified (payload: the queue name) whenever tasks are enqueued.
+NOTIFY_CHANNEL: Final = "fasttasks"
+#: Task ids are at most this long (the column is varchar(64)).
+MAX_ID_LENGTH: Final = 64
+#: Rows per INSERT statement in enqueue_many.
+BULK_CHUNK_SIZE: Final = 500
+TABLE: Final = "fasttasks_task"
+
+_UTC = dt_timezone.utc
+_COLUMNS = (
+    "id, task_path, queue_name, backend_name, priority, status, args, kwargs, "
+    "run_after, available_at, enqueued_at, max_attempts"
+)
+_PARAMS_PER_ROW = 11  # status is a literal
+
+
+@lru_cache(maxsize=128)
+def _insert_sql(vendor: str, rows: int, notify: bool) -> str:
+    if vendor == "postgresql":
+        row = "(%s, %s, %s, %s, %s, 'READY', %s::jsonb, %s::jsonb, %s, %s, %s, %s)"
+    else:
+        row = "(%s, %s, %s, %s, %s, 'READY', %s, %s, %s, %s, %s, %s)"
+    sql = f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join([row] * rows)}"
+    if notify:
+        # A data-modifying CTE always runs to completion; the NOTIFY is delivered at commit, and not
+        # at all if the transaction rolls back.
+        sql = f"WITH ins AS ({sql}) SELECT pg_notify('{NOTIFY_CHANNEL}', %s)"
+    return sql
+
+
+def _as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive value (possible only with USE_TZ=False) is in TIME_ZONE."""
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_default_timezone())
+    return value.astimezone(_UTC)
+
+
+def _to_db(vendor: str, value: datetime | None) -> Any:
+    """Adapt an aware UTC datetime for the task table, which always holds UTC.
+
+    PostgreSQL gets the aware value (``timestamptz``). SQLite gets the text form the schema documents,
+    ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC; ``connection.ops.adapt_datetimefield_value`` is not used
+    there because it would convert to ``DATABASES[...]["TIME_ZONE"]`` and refuses aware values when
+    ``USE_TZ`` is off.
+    """
+    if value is None or vendor != "sqlite":
+        return value
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _from_db(connection: BaseDatabaseWrapper, value: datetime | None) -> datetime | None:
+    """An aware UTC datetime from a value the ORM read from the task table."""
+    if value is None:
+        return None
+    if connection.vendor == "sqlite":
+        # Stored as naive UTC text. With USE_TZ the ORM made it aware in the connection's time zone,
+        # which is UTC unless DATABASES[...]["TIME_ZONE"] says otherwise: undo that.
+        if timezone.is_aware(value):
+            tz = connection.timezone or _UTC
+            value = value.astimezone(tz).replace(tzinfo=None)
+        return value.replace(tzinfo=_UTC)
+    if timezone.is_naive(value):
+        # USE_TZ=False: PostgreSQL returned local time of the session time zone.
+        value = value.replace(tzinfo=ZoneInfo(connection.timezone_name))
+    return value.astimezone(_UTC)
+
+
+def _is_valid_id(result_id: object) -> bool:
+    if not isinstance(result_id, str) or not result_id or len(result_id) > MAX_ID_LENGTH:
+        return False
+    if "\x00" in result_id:
+        return False
+    if not result_id.isascii():
+        try:
+            result_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+class FastTasksBackend(BaseTaskBackend):
+    """Store tasks in the ``fasttasks_task`` table of a Django database (PostgreSQL or SQLite).
+
+    ``OPTIONS["DATABASE"]`` names the ``DATABASES`` alias holding the table (default ``"default"``).
+    Instances are cheap (no database access, no model import): Django creates one per thread, and
+    ``@task`` creates one at import time.
+    """
+
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.database_alias: str = self.options.get("DATABASE", DEFAULT_DB_ALIAS)
+
+    # -- validation ------------------------------------------------------------------------------
+
+    def validate_task(self, task: Task[..., Any]) -> None:
+        super().validate_task(task)
+        _max_attempts(task)
+
+    # -- enqueue -----------------------------------------------------------------------------------
+
+    def enqueue(
+        self, task: Task[_P, _R], args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> TaskResult[_P, _R]:
+        """Insert the task in the caller's transaction and return its ``READY`` result.
+
+        ``args``/``kwargs`` of the result are what the worker will receive, i.e. after a JSON round
+        trip: tuples become lists and dict keys become strings, exactly as ``get_result`` returns them.
+        """
+        self.validate_task(task)
+        encoded = [_json.encode_arguments(args, kwargs)]
+        return cast("TaskResult[_P, _R]", self._insert(task, encoded)[0])
+
+    def enqueue_many(
+        self,
+        task: Task[_P, _R],
+        items: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    ) -> list[TaskResult[_P, _R]]:
+        """Enqueue ``task`` once per ``(args, kwargs)`` item, validating every item before writing.
+
+        One multi-row ``INSERT`` per ``BULK_CHUNK_SIZE`` items (all inside one atomic block when there
+        is more than one chunk), one ``NOTIFY`` per call; ``task_enqueued`` is sent for each result.
+        """
+        self.validate_task(task)
+        encoded = []
+        for index, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise TypeError(
+                    f"enqueue_many() items must be (args, kwargs) pairs; items[{index}] is {item!r}."
+                )
+            args, kwargs = item
+            encoded.append(_json.encode_arguments(args, kwargs, where=f" of items[{index}]"))
+        if not encoded:
+            return []
+        return cast("list[TaskResult[_P, _R]]", self._insert(task, encoded))
+
+    def _insert(self, task: Task[..., Any], encoded: list[tuple[str, str]]) -> list[TaskResult[..., Any]]:
+        connection = connections[self.database_alias]
+        vendor = connection.vendor
+        if vendor not in SUPPORTED_VENDORS:
+            raise ImproperlyConfigured(_vendor_message(self.alias, self.database_alias, vendor))
+
+        now = datetime.now(_UTC)
+        run_after = _as_utc(task.run_after) if task.run_after is not None else None
+        shared_tail = (
+            _to_db(vendor, run_after),
+            _to_db(vendor, run_after or now),  # available_at
+            _to_db(vendor, now),  # enqueued_at
+            _max_attempts(task),
+        )
+        shared_head = (task.module_path, task.queue_name, self.alias, task.priority)
+        ids = [str(uuid.uuid4()) for _ in encoded]
+
+        chunk_size = _chunk_size(connection)
+        total = len(encoded)
+        notify_pg = vendor == "postgresql"
+        # Several statements must succeed or fail together, even in autocommit mode.
+        block = transaction.atomic(using=self.database_alias) if total > chunk_size else nullcontext()
+        with block, connection.cursor() as cursor:
+            for start in range(0, total, chunk_size):
+                stop = min(start + chunk_size, total)
+                params: list[Any] = []
+                for i in range(start, stop):
+                    params.append(ids[i])
+                    params.extend(shared_head)
+                    params.extend(encoded[i])
+                    params.extend(shared_tail)
+                notify = notify_pg and stop == total
+                if notify:
+                    params.append(task.queue_name)
+                cursor.execute(_insert_sql(vendor, stop - start, notify), params)
+
+        results = [
+            build_task_result(
+                task=task,
+                id=result_id,
+                status=TaskResultStatus.READY,
+                enqueued_at=now,
+                started_at=None,
+                finished_at=None,
+                last_attempted_at=None,
+                args=_json.loads(args_text),
+                kwargs=_json.loads(kwargs_text),
+                backend=self.alias,
+                errors=[],
+                worker_ids=[],
+            )
+            for result_id, (args_text, kwargs_text) in zip(ids, encoded, strict=True)
+        ]
+        sender = type(self)
+        for result in results:
+            task_enqueued.send(sender=sender, task_result=result)
+        return results
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def get_result(self, result_id: str) -> TaskResult[..., Any]:
+        """The stored result, rebuilt completely (every attempt's error, worker ids, return value).
+
+        Unknown and malformed ids (not a string, empty, longer than 64 characters) raise
+        ``TaskResultDoesNotExist``. If the stored task path no longer imports or no longer names a
+        ``Task``, ``fasttasks._results.InvalidTaskPath`` (a ``ValueError``) is raised: the row exists,
+        but no ``TaskResult`` can be built without its ``Task``.
+        """
+        if not _is_valid_id(result_id):
+            raise TaskResultDoesNotExist(result_id)
+        from .models import TaskRecord
+
+        try:
+            row = TaskRecord.objects.using(self.database_alias).get(pk=result_id)
+        except TaskRecord.DoesNotExist:
+            raise TaskResultDoesNotExist(result_id) from None
+        return self.result_from_record(row)
+
+    def result_from_record(self, row: TaskRecord) -> TaskResult[..., Any]:
+        """Build the ``TaskResult`` of a ``TaskRecord`` read from this backend's database."""
+        connection = connections[self.database_alias]
+        task = task_for_row(
+            row.task_path,
+            priority=row.priority,
+            queue_name=row.queue_name,
+            run_after=_from_db(connection, row.run_after),
+            backend=row.backend_name,
+        )
+        return build_task_result(
+            task=task,
+            id=row.id,
+            status=row.status,
+            enqueued_at=_from_db(connection, row.enqueued_at),
+            started_at=_from_db(connection, row.started_at),
+            finished_at=_from_db(connection, row.finished_at),
+            last_attempted_at=_from_db(connection, row.last_attempted_at),
+            args=row.args,
+            kwargs=row.kwargs,
+            backend=row.backend_name,
+            errors=errors_from_json(row.errors),
+            worker_ids=list(row.worker_ids or ()),
+            return_value=row.return_value,
+        )
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        messages: list[checks.CheckMessage] = list(super().check(**kwargs))
+        if not apps.is_installed("fasttasks"):
+            messages.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}] uses {type(self).__name__}, but the fasttasks app is not "
+                    "installed.",
+                    hint="Add 'fasttasks' to INSTALLED_APPS (its migration creates the task table).",
+                    id="fasttasks.E001",
+                )
+            )
+        if BACKPORT and not apps.is_installed("django_tasks"):
+            messages.append(
+                checks.Warning(
+                    "The django-tasks backport is in use but 'django_tasks' is not in INSTALLED_APPS, so "
+                    "its system checks and log receivers are not registered.",
+                    hint="Add 'django_tasks' to INSTALLED_APPS.",
+                    id="fasttasks.W002",
+                )
+            )
+        if not isinstance(self.database_alias, str) or self.database_alias not in settings.DATABASES:
+            messages.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}]['OPTIONS']['DATABASE'] is {self.database_alias!r}, which "
+                    "is not a database alias in DATABASES.",
+                    hint=f"Use one of: {', '.join(map(repr, settings.DATABASES))}.",
+                    id="fasttasks.E002",
+                )
+            )
+            return messages
+        vendor = connections[self.database_alias].vendor
+        if vendor not in SUPPORTED_VENDORS:
+            messages.append(
+                checks.Error(
+                    _vendor_message(self.alias, self.database_alias, vendor),
+                    hint="Point OPTIONS['DATABASE'] at a PostgreSQL or SQLite database.",
+                    id="fasttasks.E003",
+                )
+            )
+            return messages
+        databases = kwargs.get("databases")
+        if databases and self.database_alias in databases:
+            messages.extend(self.check_table())
+        return messages
+
+    def check_table(self) -> list[checks.CheckMessage]:
+        """A warning if the task table is missing (never an error: ``migrate`` must still run)."""
+        connection = connections[self.database_alias]
+        try:
+            with connection.cursor() as cursor:
+                tables = connection.introspection.table_names(cursor)
+        except Exception:  # the database may be unreachable while checks run; not our concern here
+            return []
+        if TABLE in tables:
+            return []
+        return [
+            checks.Warning(
+                f"The task table {TABLE!r} does not exist in database {self.database_alias!r} "
+                f"(used by TASKS[{self.alias!r}]).",
+                hint=f"Run 'manage.py migrate fasttasks --database {self.database_alias}'.",
+                id="fasttasks.W001",
+            )
+        ]
+
+
+def _max_attempts(task: Task[..., Any]) -> int:
+    value = getattr(task, "max_attempts", None)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidTask(f"max_attempts must be a whole number of at least 1 (got {value!r}).")
+    return value
+
+
+def _chunk_size(connection: BaseDatabaseWrapper) -> int:
+    """Rows per INSERT: BULK_CHUNK_SIZE unless the database's bound-parameter limit is lower."""
+    limit: int | None = connection.features.max_query_params
+    if connection.vendor == "sqlite":
+        # Django 5.2 assumes SQLite's old default of 999; ask the library (Python 3.11+).
+        connection.ensure_connection()
+        getlimit = getattr(connection.connection, "getlimit", None)
+        if getlimit is not None:
+            limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    if limit:
+        return max(1, min(BULK_CHUNK_SIZE, (limit - 1) // _PARAMS_PER_ROW))
+    return BULK_CHUNK_SIZE
+
+
+def _vendor_message(alias: str, database: str, vendor: str) -> str:
+    return (
+        f"TASKS[{alias!r}] stores tasks in database {database!r}, whose vendor {vendor!r} is not "
+        f"supported; fasttasks supports {' and '.join(SUPPORTED_VENDORS)}."
+    )
+
+
+def enqueue_many(
+    task: Task[_P, _R],
+    items: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+) -> list[TaskResult[_P, _R]]:
+    """Enqueue ``task`` once per ``(args, kwargs)`` pair; return the results in order.
+
+    With a ``FastTasksBackend`` every item is validated and encoded first (a bad item raises and
+    nothing is written), then the rows are inserted with one statement per 500 items. With any other
+    backend this falls back to ``backend.enqueue`` item by item, so code using it also runs under
+    e.g. the ``ImmediateBackend`` or ``DummyBackend`` in tests.
+    """
+    backend = task.get_backend()
+    if isinstance(backend, FastTasksBackend):
+        return backend.enqueue_many(task, items)
+    results = []
+    for index, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"enqueue_many() items must be (args, kwargs) pairs; items[{index}] is {item!r}.")
+        args, kwargs = item
+        results.append(task.enqueue(*args, **kwargs))
+    return results
+
+
+async def aenqueue_many(
+    task: Task[_P, _R],
+    items: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+) -> list[TaskResult[_P, _R]]:
+    """``enqueue_many`` for async code (runs it in Django's thread-sensitive executor)."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(enqueue_many, thread_sensitive=True)(task, list(items))
