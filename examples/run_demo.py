@@ -397,11 +397,18 @@ def run_worker_pass(plan: Plan, concurrency: int, label: str, output: WorkerOutp
                     proc.kill()
                 continue
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        # Never leave the worker behind: a worker still holding the database when the next demo run
+        # recreates the file would write into the new one.
         display.clear()
-        print("interrupted: stopping the worker (SIGTERM) ...", flush=True)
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"demo failed ({exc!r})"
+        print(f"{reason}: stopping the worker (SIGTERM) ...", flush=True)
         proc.terminate()
-        proc.wait()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         raise
     wall = time.perf_counter() - started
     reader.join(timeout=5)

@@ -70,6 +70,20 @@ def test_changelist(admin_client: Client, failed_task: TaskRecord) -> None:
     assert EVIL not in content
 
 
+def test_changelist_does_not_load_json_columns(admin_client: Client, failed_task: TaskRecord) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        response = admin_client.get(reverse("admin:fasttasks_taskrecord_changelist"))
+    assert response.status_code == 200
+    selects = [q["sql"] for q in ctx.captured_queries if 'FROM "fasttasks_task"' in q["sql"]]
+    assert selects
+    for sql in selects:
+        assert '"fasttasks_task"."errors"' not in sql
+        assert '"fasttasks_task"."args"' not in sql
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [

@@ -104,6 +104,18 @@ def test_run_after_priority_queue_are_stored() -> None:
     assert row.enqueued_at < row.available_at
 
 
+def test_whole_float_priority_is_stored_as_int() -> None:
+    result = tasks.add.using(priority=5.0).enqueue(1, 2)  # type: ignore[arg-type]
+    assert TaskRecord.objects.get(pk=result.id).priority == 5
+    assert tasks.add.get_result(result.id).task.priority == 5
+
+
+def test_queue_name_length_is_validated() -> None:
+    assert tasks.add.using(backend="other", queue_name="q" * 255).enqueue(1, 2).status == "READY"
+    with pytest.raises(InvalidTask, match="at most 255 characters"):
+        tasks.add.using(backend="other", queue_name="q" * 256)
+
+
 def test_other_alias_is_recorded() -> None:
     result = tasks.add.using(backend="other", queue_name="anywhere").enqueue(1, 2)
     assert result.backend == "other"

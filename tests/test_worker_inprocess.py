@@ -237,3 +237,28 @@ def test_get_result_from_the_backend_after_the_worker() -> None:
     assert fetched.return_value == 42
     assert fetched.task.func is worker_tasks.async_add.func
     assert connections["default"].vendor in {"sqlite", "postgresql"}
+
+
+def test_tasks_that_enqueue_tasks_keep_the_database_intact(marks: Path) -> None:
+    # Django (in the task threads) writes the queue table while the Rust core claims and completes on
+    # the same file: on SQLite this needs one SQLite library in the process (see _worker.py).
+    parents = [worker_tasks.enqueue_children.enqueue(str(marks), f"p{i}", 5) for i in range(60)]
+    drain(concurrency=8)
+    for parent in parents:
+        parent.refresh()
+        assert parent.status == TaskResultStatus.SUCCESSFUL
+    assert sorted(lines(marks)) == sorted(f"p{i}.{j}" for i in range(60) for j in range(5))
+    assert TaskRecord.objects.filter(status="SUCCESSFUL").count() == 60 * 6
+    connection = connections["default"]
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA integrity_check")
+            assert cursor.fetchall() == [("ok",)]
+
+
+def test_worker_links_the_same_sqlite_as_python() -> None:
+    import sqlite3
+
+    from fasttasks._core import sqlite_version
+
+    assert sqlite_version() == sqlite3.sqlite_version

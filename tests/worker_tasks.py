@@ -109,3 +109,11 @@ def not_a_task() -> None:
 
 def touch(path: str) -> None:
     Path(path).touch()
+
+
+@task
+def enqueue_children(path: str, parent: str, count: int) -> int:
+    """Chains tasks: writes to the queue table through Django from inside the worker."""
+    for index in range(count):
+        record.enqueue(path, f"{parent}.{index}")
+    return count

@@ -140,6 +140,7 @@ def database_settings(alias: str) -> dict[str, Any]:
                 f"database {alias!r} is an in-memory SQLite database; a worker process cannot see it. "
                 "Use a file."
             )
+        check_single_sqlite_library()
         timeout = (params.get("OPTIONS") or {}).get("timeout", 5.0)
         return {"vendor": "sqlite", "path": name, "busy_timeout": float(timeout)}
     if connection.vendor == "postgresql":
@@ -161,6 +162,28 @@ def database_settings(alias: str) -> dict[str, Any]:
     raise WorkerSetupError(
         f"database {alias!r} uses {connection.vendor!r}; fasttasks supports PostgreSQL and SQLite"
     )
+
+
+def check_single_sqlite_library() -> None:
+    """Refuse to run if the Rust core and Python's sqlite3 module use different SQLite libraries.
+
+    Tasks in the worker process use Django's ORM (Python's sqlite3) on the same database file the Rust
+    core claims from. SQLite coordinates connections of one process inside the library, so two copies of
+    it in one process do not see each other's locks and corrupt the database. The extension links the
+    system's shared libsqlite3 for that reason; a Python whose sqlite3 module carries its own SQLite
+    (e.g. a statically linked standalone build) shows up here as a different version.
+    """
+    import sqlite3
+
+    from ._core import sqlite_version
+
+    if sqlite_version() != sqlite3.sqlite_version:
+        raise WorkerSetupError(
+            f"this Python's sqlite3 module uses SQLite {sqlite3.sqlite_version}, but fasttasks' worker links "
+            f"the system SQLite {sqlite_version()}; two SQLite libraries in one process corrupt the database "
+            "file. Use a Python whose sqlite3 module links the system libsqlite3 (most Linux distribution "
+            "and pyenv builds do), or keep the queue on PostgreSQL."
+        )
 
 
 def configure_logging(verbosity: int) -> None:

@@ -63,7 +63,7 @@ class TaskRecordAdmin(_ModelAdmin):
             {"fields": ("attempts", "max_attempts", "errors_display", "worker_ids_display", "worker_id")},
         ),
         (
-            _("Timestamps (UTC)"),
+            _("Timestamps"),
             {
                 "fields": (
                     "enqueued_at",
@@ -98,6 +98,16 @@ class TaskRecordAdmin(_ModelAdmin):
         "last_attempted_at",
         "finished_at",
     )
+
+    # The changelist shows none of the (possibly large) JSON columns; do not fetch them for 100 rows.
+    _LIST_DEFERRED = ("args", "kwargs", "errors", "return_value", "worker_ids")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRecord]:
+        queryset = super().get_queryset(request)
+        match = getattr(request, "resolver_match", None)
+        if match is not None and (match.url_name or "").endswith("_changelist"):
+            queryset = queryset.defer(*self._LIST_DEFERRED)
+        return queryset
 
     # -- permissions ---------------------------------------------------------------------------------
 

@@ -63,6 +63,8 @@ SUPPORTED_VENDORS: Final = ("postgresql", "sqlite")
 NOTIFY_CHANNEL: Final = "fasttasks"
 #: Task ids are at most this long (the column is varchar(64)).
 MAX_ID_LENGTH: Final = 64
+#: Queue and backend names are at most this long (varchar(255)).
+MAX_NAME_LENGTH: Final = 255
 #: Rows per INSERT statement in enqueue_many.
 BULK_CHUNK_SIZE: Final = 500
 TABLE: Final = "fasttasks_task"
@@ -160,6 +162,8 @@ class FastTasksBackend(BaseTaskBackend):
 
     def validate_task(self, task: Task[..., Any]) -> None:
         super().validate_task(task)
+        if len(task.queue_name) > MAX_NAME_LENGTH:
+            raise InvalidTask(f"queue_name must be at most {MAX_NAME_LENGTH} characters long.")
         _max_attempts(task)
 
     # -- enqueue -----------------------------------------------------------------------------------
@@ -213,11 +217,11 @@ class FastTasksBackend(BaseTaskBackend):
             _to_db(vendor, now),  # enqueued_at
             _max_attempts(task),
         )
-        shared_head = (task.module_path, task.queue_name, self.alias, task.priority)
+        shared_head = (task.module_path, task.queue_name, self.alias, int(task.priority))
         ids = [str(uuid.uuid4()) for _ in encoded]
 
-        chunk_size = _chunk_size(connection)
         total = len(encoded)
+        chunk_size = _chunk_size(connection) if total > 1 else 1
         notify_pg = vendor == "postgresql"
         # Several statements must succeed or fail together, even in autocommit mode.
         block = transaction.atomic(using=self.database_alias) if total > chunk_size else nullcontext()

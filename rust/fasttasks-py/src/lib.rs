@@ -20,9 +20,16 @@ fn schema_statements(vendor: &str) -> PyResult<Vec<String>> {
     Ok(fasttasks_core::schema::schema_statements(dialect))
 }
 
+/// The version of the SQLite library the extension uses (the system's shared libsqlite3).
+#[pyfunction]
+fn sqlite_version() -> String {
+    fasttasks_core::store::sqlite_library_version()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(schema_statements, m)?)?;
+    m.add_function(wrap_pyfunction!(sqlite_version, m)?)?;
     m.add_class::<worker::Worker>()?;
     m.add_class::<executor::Job>()?;
     m.add_class::<executor::Reply>()?;

@@ -24,7 +24,7 @@ use crate::job::{ClaimedJob, NewJob, Outcome};
 use crate::time::Timestamp;
 
 pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, library_version as sqlite_library_version};
 
 /// The channel `FastTasksBackend.enqueue` notifies on PostgreSQL (payload: the queue name).
 pub const NOTIFY_CHANNEL: &str = "fasttasks";

@@ -17,7 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Row};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use super::{ClaimRequest, CompletionReport, OutcomeWrite};
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
@@ -198,50 +198,52 @@ impl SqliteStore {
 
     pub async fn install_schema(&self) -> Result<()> {
         // IMMEDIATE: two processes installing at once cannot both see "missing".
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fasttasks_task')",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if exists {
-            return Ok(());
-        }
-        for statement in crate::schema::schema_statements(Dialect::Sqlite) {
-            // The statements come from the crate's own embedded SQL files, not from input.
-            sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write(async |tx| {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fasttasks_task')",
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            if exists {
+                return Ok(());
+            }
+            for statement in crate::schema::schema_statements(Dialect::Sqlite) {
+                // The statements come from the crate's own embedded SQL files, not from input.
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut **tx).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn insert(&self, jobs: &[NewJob]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in jobs.chunks(INSERT_CHUNK) {
-            let rows: Vec<InsertRow<'_>> = chunk
-                .iter()
-                .map(|job| InsertRow {
-                    id: &job.id,
-                    task_path: &job.task_path,
-                    queue_name: &job.queue_name,
-                    backend_name: &job.backend_name,
-                    priority: job.priority,
-                    args: &job.args_json,
-                    kwargs: &job.kwargs_json,
-                    run_after: job.run_after.map(to_sqlite_text),
-                    available_at: to_sqlite_text(job.run_after.unwrap_or(job.enqueued_at)),
-                    enqueued_at: to_sqlite_text(job.enqueued_at),
-                    max_attempts: job.max_attempts,
-                })
-                .collect();
-            let json = serde_json::to_string(&rows).expect("strings and numbers serialize");
-            sqlx::query(INSERT).bind(json).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write(async |tx| {
+            for chunk in jobs.chunks(INSERT_CHUNK) {
+                let rows: Vec<InsertRow<'_>> = chunk
+                    .iter()
+                    .map(|job| InsertRow {
+                        id: &job.id,
+                        task_path: &job.task_path,
+                        queue_name: &job.queue_name,
+                        backend_name: &job.backend_name,
+                        priority: job.priority,
+                        args: &job.args_json,
+                        kwargs: &job.kwargs_json,
+                        run_after: job.run_after.map(to_sqlite_text),
+                        available_at: to_sqlite_text(job.run_after.unwrap_or(job.enqueued_at)),
+                        enqueued_at: to_sqlite_text(job.enqueued_at),
+                        max_attempts: job.max_attempts,
+                    })
+                    .collect();
+                let json = serde_json::to_string(&rows).expect("strings and numbers serialize");
+                sqlx::query(INSERT).bind(json).execute(&mut **tx).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<ClaimedJob>> {
@@ -264,55 +266,85 @@ impl SqliteStore {
             QueueFilter::Only(names) => query.bind(serde_json::to_string(names).expect("strings serialize")),
             QueueFilter::All => query,
         };
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = query.fetch_all(&mut *tx).await?;
-        // Decode before committing: if a row cannot be decoded at all, the claim rolls back instead of
-        // leaving rows RUNNING that nobody holds.
-        let mut jobs =
-            rows.iter().map(|row| claimed_job(row, request)).collect::<Result<Vec<_>, sqlx::Error>>()?;
-        tx.commit().await?;
+        let mut jobs = self
+            .write(async |tx| {
+                let rows = query.fetch_all(&mut **tx).await?;
+                // Decode before committing: if a row cannot be decoded at all, the claim rolls back
+                // instead of leaving rows RUNNING that nobody holds.
+                Ok(rows
+                    .iter()
+                    .map(|row| claimed_job(row, request))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            })
+            .await?;
         // Sorting on the stored text is exactly SQLite's `ORDER BY` (binary collation).
         super::sort_in_claim_order(&mut jobs);
         Ok(jobs.into_iter().map(|(job, _)| job).collect())
     }
 
     pub async fn complete(&self, outcomes: &[Outcome]) -> Result<CompletionReport> {
-        let mut report = CompletionReport::default();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for write in outcomes.iter().map(OutcomeWrite::plan) {
-            // A failed statement inside a transaction undoes only itself in SQLite, so a value the
-            // database refuses can be replaced on the spot; if even the replacement fails, the error
-            // is not about the value and the whole batch is rolled back and reported.
-            let applied = match complete_one(&mut tx, &write).await {
-                Err(error) if is_data_error(&error) => {
-                    let refused = write.clone().refused(&error.to_string());
-                    complete_one(&mut tx, &refused).await?
+        self.write(async |tx| {
+            let mut report = CompletionReport::default();
+            for write in outcomes.iter().map(OutcomeWrite::plan) {
+                // A failed statement inside a transaction undoes only itself in SQLite, so a value the
+                // database refuses can be replaced on the spot; if even the replacement fails, the error
+                // is not about the value and the whole batch is rolled back and reported.
+                let applied = match complete_one(tx, &write).await {
+                    Err(error) if is_data_error(&error) => {
+                        let refused = write.clone().refused(&error.to_string());
+                        complete_one(tx, &refused).await?
+                    }
+                    other => other?,
+                };
+                if applied {
+                    report.applied += 1;
+                } else {
+                    report.stale.push(write.id.to_owned());
                 }
-                other => other?,
-            };
-            if applied {
-                report.applied += 1;
-            } else {
-                report.stale.push(write.id.to_owned());
             }
-        }
-        tx.commit().await?;
-        Ok(report)
+            Ok(report)
+        })
+        .await
     }
 
     pub async fn release(&self, claims: &[(String, i64)]) -> Result<u64> {
-        let mut released = 0;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for (id, lease_token) in claims {
-            released += sqlx::query(RELEASE)
-                .bind(id.as_str())
-                .bind(*lease_token)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        self.write(async |tx| {
+            let mut released = 0;
+            for (id, lease_token) in claims {
+                released += sqlx::query(RELEASE)
+                    .bind(id.as_str())
+                    .bind(*lease_token)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+            }
+            Ok(released)
+        })
+        .await
+    }
+
+    /// Runs `operation` in a `BEGIN IMMEDIATE` transaction on the write connection and commits.
+    ///
+    /// On any failure the connection is closed instead of returned to the pool: after a failed COMMIT
+    /// (e.g. SQLITE_PROTOCOL under heavy WAL contention) SQLite may already have ended the transaction,
+    /// so sqlx's queued ROLLBACK fails and the connection would stay marked as inside a transaction,
+    /// refusing every later `BEGIN`. A new connection costs a file open; a wedged one stops the worker.
+    async fn write<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut Transaction<'_, Sqlite>) -> Result<T>,
+    ) -> Result<T> {
+        let mut connection = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
+            let value = operation(&mut tx).await?;
+            tx.commit().await?;
+            Ok(value)
         }
-        tx.commit().await?;
-        Ok(released)
+        .await;
+        if result.is_err() {
+            connection.close_on_drop();
+        }
+        result
     }
 
     pub async fn waker(&self) -> Result<SqliteWaker> {
@@ -383,4 +415,12 @@ fn is_data_error(error: &sqlx::Error) -> bool {
     error.as_database_error().is_some_and(|e| {
         e.kind() == sqlx::error::ErrorKind::CheckViolation || e.code().as_deref() == Some("1")
     })
+}
+
+/// The version of the SQLite library this process linked (e.g. "3.40.1"). The worker compares it
+/// with Python's `sqlite3.sqlite_version`: both must be the same shared library, see the workspace
+/// Cargo.toml on why SQLite is never bundled.
+pub fn library_version() -> String {
+    // SAFETY: sqlite3_libversion returns a pointer to a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(libsqlite3_sys::sqlite3_libversion()) }.to_string_lossy().into_owned()
 }
