@@ -19,6 +19,7 @@ venv: $(VENV)/.installed
 
 # Builds the Rust extension (release) into the venv, editable.
 build: venv
+	scripts/ensure-system-deps.sh
 	$(VENV)/bin/maturin develop --release --quiet
 
 demo: build
@@ -27,6 +28,7 @@ demo: build
 test: build test-rust test-python
 
 test-rust:
+	scripts/ensure-system-deps.sh
 	cargo test --workspace --exclude fasttasks-py
 
 # pytest on SQLite, then on PostgreSQL (required under CI=true, skipped with a warning otherwise).
@@ -42,6 +44,7 @@ $(VENV52)/.installed: requirements-django52.txt
 
 # The same suite on Django 5.2 LTS + the django-tasks backport.
 test-django52: $(VENV52)/.installed
+	scripts/ensure-system-deps.sh
 	VIRTUAL_ENV=$(abspath $(VENV52)) $(VENV52)/bin/maturin develop --release --quiet
 	FASTTASKS_TEST_DB=sqlite $(PY52) -m pytest
 	FASTTASKS_TEST_DB=postgres $(PY52) -m pytest

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from django.db import connections
 from django.utils import timezone
-
 from fasttasks._worker import WorkerOptions, run_worker
 from fasttasks.backend import FastTasksBackend
 from fasttasks.compat import TaskResultStatus, default_task_backend, task_finished, task_started
 from fasttasks.models import TaskRecord
+
 from tests import worker_tasks
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
@@ -151,8 +151,12 @@ def test_priority_order_then_enqueue_order(marks: Path) -> None:
 
 
 def test_run_after_in_the_future_waits(marks: Path) -> None:
-    due = worker_tasks.record.using(run_after=timezone.now() - timedelta(seconds=1)).enqueue(str(marks), "due")
-    later = worker_tasks.record.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(str(marks), "later")
+    due = worker_tasks.record.using(run_after=timezone.now() - timedelta(seconds=1)).enqueue(
+        str(marks), "due"
+    )
+    later = worker_tasks.record.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(
+        str(marks), "later"
+    )
     drain()
     due.refresh()
     later.refresh()

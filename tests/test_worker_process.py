@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from django.db import connections
-
 from fasttasks.compat import TaskResultStatus
 from fasttasks.models import TaskRecord
+
 from tests import worker_tasks
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120), pytest.mark.slow]
@@ -37,7 +37,9 @@ def worker_command(*flags: str) -> list[str]:
 
 
 def run_to_end(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -126,7 +128,9 @@ def test_bad_flags_fail_clearly(flags: list[str], message: str) -> None:
     assert message in finished.stderr
 
 
-def test_idle_worker_wakes_up_for_new_tasks(tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]) -> None:
+def test_idle_worker_wakes_up_for_new_tasks(
+    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
     marks = tmp_path / "marks"
     # A long poll interval: only a wake-up (NOTIFY / data_version) makes this fast.
     process = start_worker("--interval", "30")
@@ -146,7 +150,9 @@ def test_sigterm_finishes_running_tasks_and_hands_back_the_rest(
     slow = [worker_tasks.sleep_then_record.enqueue(str(marks), f"slow{i}", 1.5) for i in range(2)]
     waiting = [worker_tasks.record.using(priority=-10).enqueue(str(marks), f"quick{i}") for i in range(10)]
     process = start_worker("--concurrency", "2")
-    wait_for(lambda: sum(line.startswith("start") for line in lines(marks)) == 2, what="both slow tasks to start")
+    wait_for(
+        lambda: sum(line.startswith("start") for line in lines(marks)) == 2, what="both slow tasks to start"
+    )
 
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
@@ -182,7 +188,9 @@ def test_claimed_but_unstarted_tasks_are_handed_back(
     assert TaskRecord.objects.filter(status="RUNNING").count() == 0
 
 
-def test_second_signal_exits_at_once(tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]) -> None:
+def test_second_signal_exits_at_once(
+    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
     marks = tmp_path / "marks"
     worker_tasks.sleep_then_record.enqueue(str(marks), "long", 60)
     process = start_worker("--concurrency", "1")

@@ -85,7 +85,7 @@ class Runner:
             else:
                 value = task.func(*args, **kwargs)
             return_json, normalized = self._encode_return(value)
-        except BaseException as exc:  # noqa: BLE001 — every task exception is data (Django: BaseException)
+        except BaseException as exc:  # every task exception is data (Django: BaseException)
             self._fail(job, reply, result, exc)
         else:
             self._succeed(reply, result, return_json, normalized)
@@ -98,7 +98,7 @@ class Runner:
 
     # -- one attempt --------------------------------------------------------------------------------
 
-    def _prepare(self, job: Job) -> tuple[Task, TaskResult, list[Any], dict[str, Any]]:
+    def _prepare(self, job: Job) -> tuple[Task[..., Any], TaskResult[..., Any], list[Any], dict[str, Any]]:
         task = task_for_row(
             job.task_path,
             priority=job.priority,
@@ -134,8 +134,8 @@ class Runner:
         self,
         job: Job,
         reply: Reply,
-        task: Task,
-        result: TaskResult,
+        task: Task[..., Any],
+        result: TaskResult[..., Any],
         args: list[Any],
         kwargs: dict[str, Any],
     ) -> None:
@@ -149,7 +149,7 @@ class Runner:
             else:
                 value = await func(*args, **kwargs)
             return_json, normalized = self._encode_return(value)
-        except BaseException as exc:  # noqa: BLE001 — CancelledError too: the attempt is over
+        except BaseException as exc:  # CancelledError too: the attempt is over
             self._fail(job, reply, result, exc)
         else:
             self._succeed(reply, result, return_json, normalized)
@@ -162,12 +162,12 @@ class Runner:
         normalized = normalize_json(value)
         return _json.dumps(normalized), normalized
 
-    def _succeed(self, reply: Reply, result: TaskResult, return_json: str, value: Any) -> None:
+    def _succeed(self, reply: Reply, result: TaskResult[..., Any], return_json: str, value: Any) -> None:
         reply.succeed(return_json)
         _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=_now(), _return_value=value)
         self._send(task_finished, result)
 
-    def _fail(self, job: Job, reply: Reply, result: TaskResult, exc: BaseException) -> None:
+    def _fail(self, job: Job, reply: Reply, result: TaskResult[..., Any], exc: BaseException) -> None:
         entry = self._error_entry(job, exc)
         reply.fail(entry)
         error = TaskError(exception_class_path=exception_class_path(exc), traceback=_format(exc))
@@ -186,7 +186,7 @@ class Runner:
             }
         )
 
-    def _send(self, signal: Any, result: TaskResult) -> None:
+    def _send(self, signal: Any, result: TaskResult[..., Any]) -> None:
         # A broken receiver must not change the task's outcome: log it and go on.
         for receiver, response in signal.send_robust(sender=self.backend_class, task_result=result):
             if isinstance(response, BaseException):
@@ -217,7 +217,7 @@ def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-def _set(result: TaskResult, **fields: Any) -> None:
+def _set(result: TaskResult[..., Any], **fields: Any) -> None:
     # TaskResult is a frozen dataclass; backends update it this way (as Django's own backends do).
     for name, value in fields.items():
         object.__setattr__(result, name, value)

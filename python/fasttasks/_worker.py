@@ -59,18 +59,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="Tasks run at once: task threads, and coroutine tasks in flight (default: 8).",
     )
-    parser.add_argument(
-        "--backend", default="default", help="The TASKS alias to run (default: default)."
-    )
+    parser.add_argument("--backend", default="default", help="The TASKS alias to run (default: default).")
     parser.add_argument(
         "--worker-id",
         type=_worker_id,
         default=None,
         help="Id recorded in each attempt's worker_ids (default: host-pid-random).",
     )
-    parser.add_argument(
-        "--batch", action="store_true", help="Run every task that is due, then exit 0."
-    )
+    parser.add_argument("--batch", action="store_true", help="Run every task that is due, then exit 0.")
     parser.add_argument(
         "--max-tasks", type=_positive_int, default=None, help="Exit after claiming this many tasks."
     )

@@ -11,11 +11,9 @@ from fasttasks._worker import WorkerSetupError, add_worker_arguments, options_fr
 
 
 class Command(BaseCommand):
-    help = (
-        "Run fasttasks tasks. First SIGINT/SIGTERM: finish running tasks and exit 0; second: exit at once."
-    )
+    help = "Run fasttasks tasks. First SIGINT/SIGTERM: finish running tasks and exit 0; second: exit at once."
     # The worker checks its own configuration; Django's full system checks would only slow start-up.
-    requires_system_checks: list[str] = []
+    requires_system_checks = []  # noqa: RUF012 — Django declares it as an instance attribute
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_worker_arguments(parser)
