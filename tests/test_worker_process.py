@@ -203,3 +203,32 @@ def test_second_signal_exits_at_once(
     assert time.monotonic() - started < 10
     assert process.returncode == 1, output
     assert "exiting now" in output
+
+
+def test_worker_survives_its_postgres_connections_being_killed(
+    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        pytest.skip("pg_terminate_backend is PostgreSQL only")
+    marks = tmp_path / "marks"
+    process = start_worker("--interval", "0.2")
+    worker_tasks.record.enqueue(str(marks), "before")
+    wait_for(lambda: lines(marks) == ["before"], what="the first task")
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'fasttasks-worker' AND datname = current_database()"
+        )
+        (killed,) = cursor.fetchone()
+    assert killed >= 1  # the store's pool and the LISTEN connection
+
+    results = [worker_tasks.record.enqueue(str(marks), f"after{i}") for i in range(20)]
+    wait_for(lambda: len(lines(marks)) == 21, timeout=30, what="the tasks enqueued after the kill")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    for result in results:
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL
