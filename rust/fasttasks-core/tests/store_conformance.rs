@@ -603,3 +603,31 @@ async fn postgres_claim_plan_uses_ready_index() {
     })
     .await;
 }
+
+/// PostgreSQL only: with no statistics at all (a fresh table after a burst of inserts, autovacuum not
+/// run yet) the claim still walks the ready index in order and stops at LIMIT, instead of a bitmap scan
+/// plus a sort of every READY row (measured: 24 ms per claim at 25,000 READY rows, ten times slower
+/// drains). `PLANNER_SETTINGS` in postgres.rs is what guarantees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claim_plan_is_an_ordered_index_scan_without_statistics() {
+    common::run(Kind::Postgres, |fx: Arc<Fixture>| async move {
+        let jobs: Vec<NewJob> = (0..25_000).map(|i| job(&format!("r{i:05}"), 1)).collect();
+        fx.store.insert(&jobs).await.unwrap();
+        let Store::Postgres(store) = &fx.store else { unreachable!() };
+        for queues in [QueueFilter::All, default_queue()] {
+            let request = ClaimRequest {
+                backend_name: "default",
+                queues: &queues,
+                limit: 8,
+                worker_id: "w1",
+                lease_token: 1,
+                now: t0(),
+            };
+            let plan = store.explain_claim(&request).await.unwrap();
+            assert!(plan.contains("Index Scan using fasttasks_task_ready_idx"), "{queues:?}:\n{plan}");
+            assert!(!plan.contains("Bitmap"), "{queues:?}: bitmap scan:\n{plan}");
+            assert!(!plan.contains("Sort"), "{queues:?}: sorts the ready rows:\n{plan}");
+        }
+    })
+    .await;
+}

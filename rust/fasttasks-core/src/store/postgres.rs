@@ -59,6 +59,17 @@ const CLIENT_ONLY_OPTIONS: &[&str] = &[
 
 /// Claims from every queue of the backend. The literal `'READY'` matches the predicate of the partial
 /// index `fasttasks_task_ready_idx`, whose order is the `ORDER BY`, so the scan stops after `LIMIT` rows.
+/// Run once on each of the store's connections (used only for the statements in this file).
+///
+/// The claim must walk `fasttasks_task_ready_idx` in order and stop after `LIMIT` rows. Without table
+/// statistics (a fresh table after a burst of inserts, or autovacuum off) the planner instead picks a
+/// bitmap scan of every READY row plus a sort: measured 24 ms per claim at 25,000 READY rows instead of
+/// well under 1 ms, a 10x lower drain rate. A plain index scan is also the path that marks dead index
+/// entries as killed, which bitmap scans never do. Completion and release join on the primary key and
+/// need neither. Session settings; behind a transaction-pooling PgBouncer they may not stick, and then
+/// the plan depends on statistics again (autovacuum's ANALYZE).
+const PLANNER_SETTINGS: &str = "SET enable_bitmapscan = off; SET enable_sort = off";
+
 const CLAIM_ALL_QUEUES: &str = "\
 WITH picked AS (
     SELECT id FROM fasttasks_task
@@ -190,7 +201,13 @@ impl PostgresStore {
             .min_connections(0)
             // No ping round trip before every claim and completion: a dead connection makes that one
             // statement fail, sqlx discards the connection, and the worker retries with backoff.
-            .test_before_acquire(false);
+            .test_before_acquire(false)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(PLANNER_SETTINGS).execute(connection).await?;
+                    Ok(())
+                })
+            });
         if let Some(timeout) = acquire_timeout {
             pool_options = pool_options.acquire_timeout(timeout);
         }
