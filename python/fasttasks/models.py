@@ -73,6 +73,11 @@ class TaskRecord(models.Model):
                 condition=models.Q(status__in=["READY", "RUNNING", "SUCCESSFUL", "FAILED"]),
                 name="fasttasks_task_status_valid",
             ),
+            # A lease exists only while RUNNING (the worker's completion guard relies on it).
+            models.CheckConstraint(
+                condition=models.Q(lease_token__isnull=True) | models.Q(status="RUNNING"),
+                name="fasttasks_task_lease_only_while_running",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -124,6 +124,12 @@ class Migration(migrations.Migration):
                                 ),
                                 name="fasttasks_task_status_valid",
                             ),
+                            models.CheckConstraint(
+                                condition=models.Q(
+                                    ("lease_token__isnull", True), ("status", "RUNNING"), _connector="OR"
+                                ),
+                                name="fasttasks_task_lease_only_while_running",
+                            ),
                         ],
                     },
                 ),

@@ -31,7 +31,10 @@ CREATE TABLE fasttasks_task (
     -- the worker holding the current attempt and the fencing token of that claim; completions must
     -- match lease_token, so a worker whose attempt was taken away cannot overwrite the newer one.
     worker_id         varchar(64)  NULL,
-    lease_token       bigint       NULL
+    lease_token       bigint       NULL,
+    -- A lease exists only while RUNNING: claims set it, completion, release and rescue clear it. The
+    -- completion guard matches on the lease alone, so this makes "lease matches" imply "RUNNING".
+    CONSTRAINT fasttasks_task_lease_only_while_running CHECK (lease_token IS NULL OR status = 'RUNNING')
 )
 ;
 -- Partial: only READY rows are in it, so finished history never slows a claim.

@@ -26,7 +26,10 @@ CREATE TABLE fasttasks_task (
     errors            text         NOT NULL DEFAULT '[]' CHECK (json_valid(errors)),
     return_value      text         NULL CHECK (return_value IS NULL OR json_valid(return_value)),
     worker_id         varchar(64)  NULL,
-    lease_token       bigint       NULL
+    lease_token       bigint       NULL,
+    -- A lease exists only while RUNNING: claims set it, completion, release and rescue clear it. The
+    -- completion guard matches on the lease alone, so this makes "lease matches" imply "RUNNING".
+    CONSTRAINT fasttasks_task_lease_only_while_running CHECK (lease_token IS NULL OR status = 'RUNNING')
 )
 ;
 CREATE INDEX fasttasks_task_ready_idx ON fasttasks_task (priority DESC, available_at, id) WHERE status = 'READY'

@@ -116,8 +116,14 @@ RETURNING t.id, t.task_path, t.queue_name, t.backend_name, t.priority, t.args::t
     t.kwargs::text AS kwargs, t.run_after, t.enqueued_at, t.started_at, t.last_attempted_at,
     t.attempts, t.max_attempts, t.worker_ids::text AS worker_ids, t.available_at";
 
-/// One statement for a whole batch of outcomes. The guard (`RUNNING` under the same lease) makes a
-/// completion from a worker whose attempt was taken away a no-op; `RETURNING` tells which ones applied.
+/// One statement for a whole batch of outcomes. The guard (the same lease) makes a completion from a
+/// worker whose attempt was taken away a no-op; `RETURNING` tells which ones applied.
+///
+/// The guard is the lease token alone, not `status = 'RUNNING'` too: a lease is set only by a claim and
+/// cleared whenever a row leaves RUNNING, so it is the same fence; and a `status = 'RUNNING'` qual lets
+/// the planner (without statistics) pick the partial running index, which fills with dead entries of
+/// finished rows until vacuum runs, making every completion scan all of them (measured: 40,000 tasks at
+/// concurrency 128 took 173 s instead of 4 s). Matching on `id` leaves it the primary key.
 /// A retry (status READY) leaves `finished_at` NULL and moves `available_at` to the retry time.
 const COMPLETE: &str = "\
 UPDATE fasttasks_task AS t
@@ -130,7 +136,7 @@ SET status = v.status,
     lease_token = NULL
 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
     AS v(id, lease, status, return_value, error, finished_at, retry_at)
-WHERE t.id = v.id AND t.status = 'RUNNING' AND t.lease_token = v.lease
+WHERE t.id = v.id AND t.lease_token = v.lease
 RETURNING t.id, v.lease";
 
 /// Undoes a claim: READY again, the attempt and its worker id taken back. `SET` expressions see the
@@ -145,7 +151,7 @@ SET status = 'READY',
     worker_id = NULL,
     lease_token = NULL
 FROM UNNEST($1::text[], $2::int8[]) AS v(id, lease)
-WHERE t.id = v.id AND t.status = 'RUNNING' AND t.lease_token = v.lease";
+WHERE t.id = v.id AND t.lease_token = v.lease";
 
 /// Writes every column Django's enqueue writes, so rows look the same whoever inserted them.
 const INSERT: &str = "\
