@@ -232,3 +232,20 @@ def test_worker_survives_its_postgres_connections_being_killed(
     for result in results:
         result.refresh()
         assert result.status == TaskResultStatus.SUCCESSFUL
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    env = worker_env()
+    if connections["default"].vendor == "postgresql":
+        env["FASTTASKS_TEST_DB_NAME"] = "fasttasks_no_such_database"
+        expected = "fasttasks_no_such_database"
+    else:
+        env["FASTTASKS_TEST_DB_NAME"] = str(tmp_path / "missing-dir" / "queue.sqlite3")
+        expected = "unable to open database file"
+    finished = subprocess.run(
+        worker_command("--batch"), cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 1, finished.stderr
+    assert "fasttasks-worker: error: the worker stopped" in finished.stderr
+    assert expected in finished.stderr
+    assert "Traceback" not in finished.stderr

@@ -34,6 +34,10 @@ class WorkerSetupError(Exception):
     """The worker cannot start with these settings or flags (the message says why)."""
 
 
+class WorkerFailed(Exception):
+    """The worker stopped on an error it cannot retry (e.g. the database was unreachable at start)."""
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     backend: str = "default"
@@ -283,7 +287,12 @@ def run_worker(options: WorkerOptions) -> int:
     finally:
         signals.restore()
         _log_events(worker)
-    summary = worker.result()
+    from ._core import FastTasksError
+
+    try:
+        summary = worker.result()
+    except FastTasksError as exc:
+        raise WorkerFailed(f"the worker stopped: {exc}") from exc
     elapsed = summary["elapsed"]
     done = summary["succeeded"] + summary["failed"]
     logger.info(

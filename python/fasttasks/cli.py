@@ -11,7 +11,13 @@ import argparse
 import os
 import sys
 
-from ._worker import WorkerSetupError, add_worker_arguments, options_from_namespace, run_worker
+from ._worker import (
+    WorkerFailed,
+    WorkerSetupError,
+    add_worker_arguments,
+    options_from_namespace,
+    run_worker,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerSetupError as exc:
         print(f"fasttasks-worker: error: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:
+        print(f"fasttasks-worker: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

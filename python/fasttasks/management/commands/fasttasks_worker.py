@@ -7,7 +7,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from fasttasks._worker import WorkerSetupError, add_worker_arguments, options_from_namespace, run_worker
+from fasttasks._worker import (
+    WorkerFailed,
+    WorkerSetupError,
+    add_worker_arguments,
+    options_from_namespace,
+    run_worker,
+)
 
 
 class Command(BaseCommand):
@@ -21,7 +27,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             code = run_worker(options_from_namespace(options))
-        except WorkerSetupError as exc:
+        except (WorkerSetupError, WorkerFailed) as exc:
             raise CommandError(str(exc)) from exc
         if code:
             sys.exit(code)
