@@ -112,6 +112,12 @@ TASKS = {
         "BACKEND": "fasttasks.backend.FastTasksBackend",
         "QUEUES": [],
     },
+    # No LISTEN/NOTIFY (as behind a transaction-pooling PgBouncer): workers poll.
+    "polling": {
+        "BACKEND": "fasttasks.backend.FastTasksBackend",
+        "QUEUES": [],
+        "OPTIONS": {"DATABASE": "default", "LISTEN_NOTIFY": False},
+    },
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -346,6 +346,16 @@ def test_enqueue_many_notifies_once(listener: Any) -> None:
     assert _notifications(listener, 0.3) == []
 
 
+@pytest.mark.skipif(not IS_PG, reason="LISTEN/NOTIFY is PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_listen_notify_off_sends_no_notify(listener: Any) -> None:
+    tasks.add.using(backend="polling").enqueue(1, 2)
+    enqueue_many(tasks.add.using(backend="polling"), [((1, 1), {})])
+    assert _notifications(listener, 0.3) == []
+    tasks.add.enqueue(1, 2)  # the listener works: the default alias still notifies
+    assert _notifications(listener, 5, stop_after=1) == ["default"]
+
+
 # -- get_result rebuilds everything ----------------------------------------------------------------
 
 

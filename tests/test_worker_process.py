@@ -249,3 +249,17 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "fasttasks-worker: error: the worker stopped" in finished.stderr
     assert expected in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def test_polling_worker_without_listen_notify(
+    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    marks = tmp_path / "marks"
+    process = start_worker("--backend", "polling", "--queues", "*", "--interval", "0.3")
+    time.sleep(1.0)  # idle by now
+    worker_tasks.record.using(backend="polling").enqueue(str(marks), "polled")
+    wait_for(lambda: lines(marks) == ["polled"], timeout=10, what="the polling worker to run the task")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "polling every 0.3s" in output

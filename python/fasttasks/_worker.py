@@ -265,11 +265,13 @@ def run_worker(options: WorkerOptions) -> int:
         batch=options.batch,
         max_tasks=options.max_tasks,
         poll_interval=options.interval,
+        listen=backend.listen_notify,
     )
     queues = "*" if options.queues is None else ",".join(options.queues)
     mode = "batch" if options.batch else "continuous"
+    wake_ups = "wake-ups on" if backend.listen_notify else f"polling every {options.interval:g}s"
     logger.info(
-        "fasttasks %s worker %s: database %s, backend %r, queues %s, concurrency %d, %s",
+        "fasttasks %s worker %s: database %s, backend %r, queues %s, concurrency %d, %s, %s",
         __version__,
         worker_id,
         worker.database,
@@ -277,6 +279,7 @@ def run_worker(options: WorkerOptions) -> int:
         queues,
         options.concurrency,
         mode,
+        wake_ups,
     )
     signals = _Signals(worker)
     signals.install()

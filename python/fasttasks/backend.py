@@ -157,6 +157,9 @@ class FastTasksBackend(BaseTaskBackend):
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
         self.database_alias: str = self.options.get("DATABASE", DEFAULT_DB_ALIAS)
+        # PostgreSQL wake-ups: enqueue sends NOTIFY and workers LISTEN. Turn off where LISTEN cannot
+        # work (behind a transaction-pooling PgBouncer); workers then poll every --interval (jittered).
+        self.listen_notify: bool = bool(self.options.get("LISTEN_NOTIFY", True))
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -222,7 +225,7 @@ class FastTasksBackend(BaseTaskBackend):
 
         total = len(encoded)
         chunk_size = _chunk_size(connection) if total > 1 else 1
-        notify_pg = vendor == "postgresql"
+        notify_pg = vendor == "postgresql" and self.listen_notify
         # Several statements must succeed or fail together, even in autocommit mode.
         block = transaction.atomic(using=self.database_alias) if total > chunk_size else nullcontext()
         with block, connection.cursor() as cursor:

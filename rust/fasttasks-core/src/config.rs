@@ -104,7 +104,11 @@ pub struct WorkerConfig {
     /// Stop after claiming this many tasks.
     pub max_tasks: Option<u64>,
     /// The idle poll interval: how long the producer sleeps when nothing was due and no wake-up came.
+    /// Each sleep is jittered by up to ±10% so that many idle workers do not poll in step.
     pub poll_interval: Duration,
+    /// Listen for wake-ups (PostgreSQL LISTEN/NOTIFY, SQLite `data_version`). Off: poll only, e.g.
+    /// behind a transaction-pooling PgBouncer, where LISTEN does not work.
+    pub listen: bool,
     /// The most outcomes written in one completion statement.
     pub completion_batch_size: usize,
     /// How long the completer waits to fill a batch before writing it anyway.
@@ -121,6 +125,7 @@ impl WorkerConfig {
             batch: false,
             max_tasks: None,
             poll_interval: Duration::from_secs(1),
+            listen: true,
             completion_batch_size: 500,
             completion_linger: Duration::from_millis(2),
         }

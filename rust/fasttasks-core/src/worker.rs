@@ -344,7 +344,9 @@ struct Producer<'a> {
 impl Producer<'_> {
     async fn run(&mut self) {
         let mut backoff = MIN_BACKOFF;
-        self.waker = self.connect_waker().await;
+        if self.config.listen {
+            self.waker = self.connect_waker().await;
+        }
         loop {
             if *self.phase.borrow() != Phase::Running {
                 return;
@@ -442,10 +444,12 @@ impl Producer<'_> {
 
     /// Sleeps until a wake-up (NOTIFY, SQLite data_version change), the poll interval, or a stop.
     async fn wait_for_work(&mut self) {
-        let interval = self.config.poll_interval;
+        let interval = jittered(self.config.poll_interval);
         let Some(waker) = self.waker.as_mut() else {
             self.pause(interval).await;
-            self.waker = self.connect_waker().await;
+            if self.config.listen {
+                self.waker = self.connect_waker().await;
+            }
             return;
         };
         let outcome = tokio::select! {
@@ -481,6 +485,12 @@ impl Producer<'_> {
             _ = self.phase.changed() => {}
         }
     }
+}
+
+/// `interval` ± up to 10%, so that idle workers started together do not poll the database in step.
+fn jittered(interval: Duration) -> Duration {
+    let factor = 0.9 + rand::random::<f64>() * 0.2;
+    interval.mul_f64(factor)
 }
 
 async fn release_unstarted(store: &Store, shared: &WorkerShared, claims: &[(String, i64)]) {

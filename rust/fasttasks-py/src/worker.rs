@@ -51,7 +51,7 @@ impl Worker {
     /// `database`: see `settings::database_config`. `runner`: an object with `execute(job, reply)` and
     /// `thread_exit()` (`fasttasks._runner.Runner`). `queues=None` means every queue.
     #[new]
-    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, batch=false, max_tasks=None, poll_interval=1.0))]
+    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, batch=false, max_tasks=None, poll_interval=1.0, listen=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         database: &Bound<'_, PyDict>,
@@ -63,6 +63,7 @@ impl Worker {
         batch: bool,
         max_tasks: Option<u64>,
         poll_interval: f64,
+        listen: bool,
     ) -> PyResult<Self> {
         let database = database_config(database)?;
         let mut config = WorkerConfig::new(backend, worker_id);
@@ -78,6 +79,7 @@ impl Worker {
         config.concurrency = concurrency;
         config.batch = batch;
         config.max_tasks = max_tasks;
+        config.listen = listen;
         if !(poll_interval.is_finite() && poll_interval >= 0.0) {
             return Err(ConfigurationError::new_err("poll_interval must be a finite number of seconds >= 0"));
         }
