@@ -152,7 +152,7 @@ def database_settings(alias: str) -> dict[str, Any]:
         ]
         return {
             "vendor": "postgresql",
-            "host": params.get("HOST") or "localhost",
+            "host": params.get("HOST") or default_postgres_host(int(params.get("PORT") or 5432)),
             "port": int(params.get("PORT") or 5432),
             "user": params.get("USER") or os.environ.get("PGUSER") or "postgres",
             "password": params.get("PASSWORD") or None,
@@ -184,6 +184,22 @@ def check_single_sqlite_library() -> None:
             "file. Use a Python whose sqlite3 module links the system libsqlite3 (most Linux distribution "
             "and pyenv builds do), or keep the queue on PostgreSQL."
         )
+
+
+#: Where libpq looks for the server's Unix socket when HOST is empty (Debian, macOS Homebrew, default).
+SOCKET_DIRECTORIES = ("/var/run/postgresql", "/private/tmp", "/tmp")
+
+
+def default_postgres_host(port: int, directories: tuple[str, ...] = SOCKET_DIRECTORIES) -> str:
+    """What an empty ``HOST`` means to Django (libpq): ``$PGHOST``, else the local Unix socket, else
+    localhost. The worker must reach the server the same way Django does (socket and TCP connections may
+    be authenticated differently)."""
+    if os.environ.get("PGHOST"):
+        return os.environ["PGHOST"]
+    for directory in directories:
+        if os.path.exists(os.path.join(directory, f".s.PGSQL.{port}")):
+            return directory  # sqlx treats a host starting with "/" as a socket directory
+    return "localhost"
 
 
 def configure_logging(verbosity: int) -> None:
