@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -686,6 +687,11 @@ def test_importing_fasttasks_imports_no_backend_or_models() -> None:
         _ = fasttasks.does_not_exist
 
 
-def test_enqueue_random_ids_are_uuid4() -> None:
-    result = tasks.noop.enqueue()
-    assert uuid.UUID(result.id).version == 4
+def test_enqueue_ids_are_time_ordered_uuid7() -> None:
+    first = tasks.noop.enqueue()
+    time.sleep(0.002)  # the next millisecond: ids of separate calls order by time
+    second = tasks.noop.enqueue()
+    assert uuid.UUID(first.id).version == 7
+    assert uuid.UUID(first.id).variant == uuid.RFC_4122
+    assert first.id < second.id
+    assert len(first.id) < 64

@@ -266,3 +266,13 @@ def test_worker_links_the_same_sqlite_as_python() -> None:
     from fasttasks._core import sqlite_version
 
     assert sqlite_version() == sqlite3.sqlite_version
+
+
+def test_bulk_enqueue_runs_first_in_first_out(marks: Path) -> None:
+    from fasttasks.backend import enqueue_many
+
+    results = enqueue_many(worker_tasks.record, [((str(marks), str(i)), {}) for i in range(50)])
+    assert [r.id for r in results] == sorted(r.id for r in results)
+    assert all(uuid.UUID(r.id).version == 7 for r in results)
+    drain(concurrency=1)
+    assert lines(marks) == [str(i) for i in range(50)]
