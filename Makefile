@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PY52 := $(VENV52)/bin/python
 PYTHON52 ?= $(shell command -v python3.11 || echo python3)
 
-.PHONY: venv build demo test test-rust test-python test-django52 lint typecheck bench bench-quick clean
+.PHONY: venv build demo test test-rust test-python test-django52 lint typecheck bench bench-quick bench-enqueue clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench: build
 # Smoke run of the same (CI): 2,000 tasks, once; checks that every scenario still runs, records nothing.
 bench-quick: build
 	BENCH_MAKE_TARGET=bench-quick $(PY) benches/run.py --quick
+
+# Enqueue rate (S2a single enqueue(), S2c bulk), fasttasks vs django-tasks-db; appends to benches/RESULTS.md.
+bench-enqueue: build
+	$(PY) benches/enqueue.py
 
 clean:
 	rm -rf $(VENV) $(VENV52) target

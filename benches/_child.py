@@ -5,6 +5,7 @@ Run by ``benches/run.py`` in a fresh process per step (settings come from the en
 
     python _child.py prepare N   # migrate, then enqueue N no-op tasks
     python _child.py inspect     # task counts by status, first start and last finish
+    python _child.py enqueue single|bulk N   # migrate, then time N enqueues (see enqueue())
 """
 
 import json
@@ -56,6 +57,38 @@ def prepare(count: int) -> dict[str, object]:
     return {"enqueued": count, "enqueue_s": elapsed, "enqueue_method": method}
 
 
+def enqueue(mode: str, count: int) -> dict[str, object]:
+    """Time ``count`` enqueues of a no-op task from one thread in autocommit mode.
+
+    ``single``: ``task.enqueue()`` one call at a time, each its own transaction (scenario S2a).
+    ``bulk``: ``fasttasks.enqueue_many`` with 1,000 per call (S2c); django-tasks-db has no bulk API.
+    """
+    call_command("migrate", verbosity=0, interactive=False)
+    from benchproj.tasks import noop
+
+    noop.enqueue()  # warm up: connection, statement caches, imports
+    if mode == "single":
+        started = time.perf_counter()
+        for _ in range(count):
+            noop.enqueue()
+        elapsed = time.perf_counter() - started
+    elif mode == "bulk" and IMPL == "fasttasks":
+        from fasttasks import enqueue_many
+
+        started = time.perf_counter()
+        for first in range(0, count, CHUNK):
+            enqueue_many(noop, [((), {})] * min(CHUNK, count - first))
+        elapsed = time.perf_counter() - started
+    else:
+        return {"mode": mode, "skipped": f"{IMPL} has no bulk enqueue"}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {TABLE}")
+        (rows,) = cursor.fetchone()
+    if rows != count + 1:
+        raise SystemExit(f"expected {count + 1} rows, found {rows}")
+    return {"mode": mode, "enqueued": count, "seconds": elapsed, "per_second": count / elapsed}
+
+
 def inspect() -> dict[str, object]:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT status, COUNT(*) FROM {TABLE} GROUP BY status")
@@ -78,6 +111,8 @@ if __name__ == "__main__":
         out = prepare(int(sys.argv[2]))
     elif sys.argv[1:2] == ["inspect"]:
         out = inspect()
+    elif sys.argv[1:2] == ["enqueue"]:
+        out = enqueue(sys.argv[2], int(sys.argv[3]))
     else:
         raise SystemExit(__doc__)
     print(json.dumps(out))
