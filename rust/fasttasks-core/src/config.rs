@@ -71,24 +71,6 @@ pub enum QueueFilter {
     Only(Vec<String>),
 }
 
-impl QueueFilter {
-    /// Parses the `--queues` flag: a comma-separated list, `*` for all.
-    pub fn parse(spec: &str) -> crate::Result<Self> {
-        let names: Vec<String> =
-            spec.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
-        if names.iter().any(|name| name == "*") {
-            if names.len() > 1 {
-                return Err(crate::Error::Config("'*' cannot be combined with queue names".into()));
-            }
-            return Ok(Self::All);
-        }
-        if names.is_empty() {
-            return Err(crate::Error::Config("no queue names given".into()));
-        }
-        Ok(Self::Only(names))
-    }
-}
-
 /// How one worker process behaves.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -109,10 +91,9 @@ pub struct WorkerConfig {
     /// Listen for wake-ups (PostgreSQL LISTEN/NOTIFY, SQLite `data_version`). Off: poll only, e.g.
     /// behind a transaction-pooling PgBouncer, where LISTEN does not work.
     pub listen: bool,
-    /// The most outcomes written in one completion statement.
+    /// The most outcomes written in one completion statement. The completer never waits to fill a
+    /// batch: it writes whatever arrived while its previous write ran.
     pub completion_batch_size: usize,
-    /// How long the completer waits to fill a batch before writing it anyway.
-    pub completion_linger: Duration,
 }
 
 impl WorkerConfig {
@@ -126,8 +107,7 @@ impl WorkerConfig {
             max_tasks: None,
             poll_interval: Duration::from_secs(1),
             listen: true,
-            completion_batch_size: 500,
-            completion_linger: Duration::from_millis(2),
+            completion_batch_size: 1_000,
         }
     }
 
@@ -148,17 +128,6 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queue_filter_parses_lists_and_star() {
-        assert_eq!(QueueFilter::parse("*").unwrap(), QueueFilter::All);
-        assert_eq!(
-            QueueFilter::parse("default, emails").unwrap(),
-            QueueFilter::Only(vec!["default".into(), "emails".into()])
-        );
-        assert!(QueueFilter::parse("*,emails").is_err());
-        assert!(QueueFilter::parse(" , ").is_err());
-    }
 
     #[test]
     fn worker_config_rejects_nonsense() {

@@ -281,7 +281,12 @@ pub async fn run(
     let (ticket_sender, ticket_receiver) = tickets;
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let (outcome_sender, outcome_receiver) = mpsc::unbounded_channel();
-    let completer = tokio::spawn(complete_outcomes(store.clone(), outcome_receiver, shared.clone()));
+    let completer = tokio::spawn(complete_outcomes(
+        store.clone(),
+        outcome_receiver,
+        shared.clone(),
+        config.completion_batch_size,
+    ));
 
     let mut producer = Producer {
         store: &store,
@@ -527,8 +532,8 @@ async fn complete_outcomes(
     store: Store,
     mut outcomes: mpsc::UnboundedReceiver<Outcome>,
     shared: WorkerShared,
+    batch_size: usize,
 ) {
-    let batch_size = 1_000;
     let mut batch: Vec<Outcome> = Vec::with_capacity(batch_size);
     while let Some(first) = outcomes.recv().await {
         batch.push(first);

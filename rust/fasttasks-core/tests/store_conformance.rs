@@ -1,7 +1,8 @@
 //! The store contract (see `store/mod.rs`), checked on both databases: each test below is written once
-//! and run by `conformance!` against SQLite (`sqlite::name`) and PostgreSQL (`postgres::name`), each on
+//! and run by `on_both_databases!` (in `common`) against SQLite (`sqlite::name`) and PostgreSQL (`postgres::name`), each on
 //! a database of its own (see `common`).
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -13,29 +14,7 @@ use fasttasks_core::store::ClaimRequest;
 use fasttasks_core::{ClaimedJob, NewJob, Outcome, OutcomeKind, QueueFilter, Store};
 use serde_json::{Value, json};
 
-/// Runs each listed test function against both stores.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    crate::common::run(crate::common::Kind::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    crate::common::run(crate::common::Kind::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance! {
+on_both_databases! {
     install_schema_is_idempotent,
     claims_in_priority_then_available_at_then_id_order,
     claim_respects_limit,

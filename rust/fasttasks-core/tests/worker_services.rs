@@ -1,66 +1,33 @@
-//! The worker services (producer, completer, stop/abort) against a real SQLite file, with the Rust
-//! executor standing in for Python threads.
+//! The worker services (producer, completer, stop/abort) on both databases, with the Rust executor
+//! standing in for Python threads.
+
+#[macro_use]
+mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fasttasks_core::Store;
-use fasttasks_core::config::{DatabaseConfig, QueueFilter, WorkerConfig};
+use common::Fixture;
+use fasttasks_core::config::{QueueFilter, WorkerConfig};
 use fasttasks_core::job::{NewJob, OutcomeKind};
 use fasttasks_core::worker::{self, JobTicket, Phase, RunSummary, WorkerShared};
-use sqlx::Row;
 
-struct Fixture {
-    _dir: tempdir::TempDir,
-    path: std::path::PathBuf,
-    store: Store,
+on_both_databases! {
+    batch_mode_runs_every_job_exactly_once,
+    failures_and_retries_are_written,
+    stop_finishes_running_jobs_and_hands_back_unstarted_ones,
+    abort_does_not_wait_for_running_jobs,
+    max_tasks_limits_claims,
+    a_dropped_reply_fails_the_attempt_instead_of_leaving_it_running,
 }
 
-mod tempdir {
-    /// A directory removed on drop (no extra crate needed).
-    pub struct TempDir(pub std::path::PathBuf);
-    impl TempDir {
-        pub fn new() -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "fasttasks-worker-test-{}-{}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+type Tickets = (crossbeam_channel::Sender<JobTicket>, crossbeam_channel::Receiver<JobTicket>);
 
-async fn fixture(jobs: usize) -> Fixture {
-    let dir = tempdir::TempDir::new();
-    let path = dir.0.join("queue.sqlite3");
-    let store =
-        Store::connect(&DatabaseConfig::Sqlite { path: path.clone(), busy_timeout: Duration::from_secs(5) })
-            .await
-            .unwrap();
-    store.install_schema().await.unwrap();
-    let new_jobs: Vec<NewJob> =
-        (0..jobs).map(|i| NewJob::simple(format!("job-{i:05}"), "tests.noop")).collect();
-    store.insert(&new_jobs).await.unwrap();
-    Fixture { _dir: dir, path, store }
-}
-
-async fn statuses(path: &std::path::Path) -> HashMap<String, i64> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM fasttasks_task GROUP BY status")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    rows.iter().map(|row| (row.get::<String, _>("status"), row.get::<i64, _>("n"))).collect()
+async fn insert_jobs(fx: &Fixture, count: usize) {
+    let jobs: Vec<NewJob> = (0..count).map(|i| NewJob::simple(format!("job-{i:05}"), "tests.noop")).collect();
+    fx.store.insert(&jobs).await.unwrap();
 }
 
 fn config(concurrency: usize) -> WorkerConfig {
@@ -71,24 +38,14 @@ fn config(concurrency: usize) -> WorkerConfig {
     config
 }
 
-fn channel() -> (crossbeam_channel::Sender<JobTicket>, crossbeam_channel::Receiver<JobTicket>) {
-    crossbeam_channel::unbounded()
+async fn run(fx: &Fixture, config: WorkerConfig, shared: WorkerShared, tickets: Tickets) -> RunSummary {
+    worker::run(fx.store.clone(), config, shared, tickets).await.unwrap()
 }
 
-async fn run(
-    fixture: &Fixture,
-    config: WorkerConfig,
-    shared: WorkerShared,
-    tickets: (crossbeam_channel::Sender<JobTicket>, crossbeam_channel::Receiver<JobTicket>),
-) -> RunSummary {
-    worker::run(fixture.store.clone(), config, shared, tickets).await.unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_mode_runs_every_job_exactly_once() {
-    let fixture = fixture(3_000).await;
+async fn batch_mode_runs_every_job_exactly_once(fx: Arc<Fixture>) {
+    insert_jobs(&fx, 3_000).await;
     let executed = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let (sender, receiver) = channel();
+    let (sender, receiver) = crossbeam_channel::unbounded();
     let seen = executed.clone();
     let threads = worker::spawn_rust_executor(4, receiver.clone(), move |job| {
         *seen.lock().unwrap().entry(job.id.clone()).or_default() += 1;
@@ -96,10 +53,8 @@ async fn batch_mode_runs_every_job_exactly_once() {
     });
     let mut config = config(16);
     config.batch = true;
-    let summary = run(&fixture, config, worker::new_shared(), (sender, receiver)).await;
-    for thread in threads {
-        thread.join().unwrap();
-    }
+    let summary = run(&fx, config, worker::new_shared(), (sender, receiver)).await;
+    threads.into_iter().for_each(|t| t.join().unwrap());
     assert!(!summary.aborted);
     assert_eq!(summary.stats.claimed, 3_000);
     assert_eq!(summary.stats.succeeded, 3_000);
@@ -110,13 +65,12 @@ async fn batch_mode_runs_every_job_exactly_once() {
         assert_eq!(executed.len(), 3_000);
         assert!(executed.values().all(|count| *count == 1));
     }
-    assert_eq!(statuses(&fixture.path).await, HashMap::from([("SUCCESSFUL".to_owned(), 3_000)]));
+    assert_eq!(fx.count("SUCCESSFUL").await, 3_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_and_retries_are_written() {
-    let fixture = fixture(10).await;
-    let (sender, receiver) = channel();
+async fn failures_and_retries_are_written(fx: Arc<Fixture>) {
+    insert_jobs(&fx, 10).await;
+    let (sender, receiver) = crossbeam_channel::unbounded();
     let threads = worker::spawn_rust_executor(2, receiver.clone(), |job| {
         let number: usize = job.id.trim_start_matches("job-").parse().unwrap();
         if number.is_multiple_of(2) {
@@ -131,19 +85,15 @@ async fn failures_and_retries_are_written() {
     });
     let mut config = config(4);
     config.batch = true;
-    let summary = run(&fixture, config, worker::new_shared(), (sender, receiver)).await;
+    let summary = run(&fx, config, worker::new_shared(), (sender, receiver)).await;
     threads.into_iter().for_each(|t| t.join().unwrap());
     assert_eq!((summary.stats.succeeded, summary.stats.failed), (5, 5));
-    assert_eq!(
-        statuses(&fixture.path).await,
-        HashMap::from([("SUCCESSFUL".to_owned(), 5), ("FAILED".to_owned(), 5)])
-    );
+    assert_eq!((fx.count("SUCCESSFUL").await, fx.count("FAILED").await), (5, 5));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_finishes_running_jobs_and_hands_back_unstarted_ones() {
-    let fixture = fixture(20).await;
-    let (sender, receiver) = channel();
+async fn stop_finishes_running_jobs_and_hands_back_unstarted_ones(fx: Arc<Fixture>) {
+    insert_jobs(&fx, 20).await;
+    let (sender, receiver) = crossbeam_channel::unbounded();
     let started = Arc::new(AtomicUsize::new(0));
     let counter = started.clone();
     // One executor thread but eight slots: seven claimed tickets wait in the channel, unstarted.
@@ -154,13 +104,9 @@ async fn stop_finishes_running_jobs_and_hands_back_unstarted_ones() {
     });
     let shared = worker::new_shared();
     let control = shared.control.clone();
-    let run_shared = shared.clone();
-    let handle = {
-        let store = fixture.store.clone();
-        tokio::spawn(
-            async move { worker::run(store, config(8), run_shared, (sender, receiver)).await.unwrap() },
-        )
-    };
+    let store = fx.store.clone();
+    let handle =
+        tokio::spawn(async move { worker::run(store, config(8), shared, (sender, receiver)).await.unwrap() });
     while started.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -173,15 +119,13 @@ async fn stop_finishes_running_jobs_and_hands_back_unstarted_ones() {
     assert_eq!(summary.stats.succeeded, started.load(Ordering::SeqCst) as u64);
     assert_eq!(summary.stats.released + summary.stats.succeeded, 8);
     assert!(summary.stats.released >= 1, "{summary:?}");
-    let counts = statuses(&fixture.path).await;
-    assert_eq!(counts.get("RUNNING"), None);
-    assert_eq!(counts["READY"] as u64, 20 - summary.stats.succeeded);
+    assert_eq!(fx.count("RUNNING").await, 0);
+    assert_eq!(fx.count("READY").await as u64, 20 - summary.stats.succeeded);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_does_not_wait_for_running_jobs() {
-    let fixture = fixture(3).await;
-    let (sender, receiver) = channel();
+async fn abort_does_not_wait_for_running_jobs(fx: Arc<Fixture>) {
+    insert_jobs(&fx, 3).await;
+    let (sender, receiver) = crossbeam_channel::unbounded();
     let release = Arc::new(AtomicUsize::new(0));
     let gate = release.clone();
     let threads = worker::spawn_rust_executor(1, receiver.clone(), move |_job| {
@@ -191,14 +135,11 @@ async fn abort_does_not_wait_for_running_jobs() {
         OutcomeKind::Succeeded { return_json: "null".into() }
     });
     let shared = worker::new_shared();
-    let control = shared.control.clone();
-    let run_shared = shared.clone();
-    let store = fixture.store.clone();
+    let (control, stats) = (shared.control.clone(), shared.stats.clone());
+    let store = fx.store.clone();
     let handle =
-        tokio::spawn(
-            async move { worker::run(store, config(3), run_shared, (sender, receiver)).await.unwrap() },
-        );
-    while shared.stats.snapshot().claimed < 3 {
+        tokio::spawn(async move { worker::run(store, config(3), shared, (sender, receiver)).await.unwrap() });
+    while stats.snapshot().claimed < 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -211,30 +152,27 @@ async fn abort_does_not_wait_for_running_jobs() {
     assert_eq!(summary.stats.released, 2);
     release.store(1, Ordering::SeqCst);
     threads.into_iter().for_each(|t| t.join().unwrap());
-    let counts = statuses(&fixture.path).await;
-    assert_eq!(counts["READY"], 2);
+    assert_eq!(fx.count("READY").await, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_tasks_limits_claims() {
-    let fixture = fixture(50).await;
-    let (sender, receiver) = channel();
+async fn max_tasks_limits_claims(fx: Arc<Fixture>) {
+    insert_jobs(&fx, 50).await;
+    let (sender, receiver) = crossbeam_channel::unbounded();
     let threads = worker::spawn_rust_executor(2, receiver.clone(), |_job| OutcomeKind::Succeeded {
         return_json: "null".into(),
     });
     let mut config = config(8);
     config.max_tasks = Some(13);
-    let summary = run(&fixture, config, worker::new_shared(), (sender, receiver)).await;
+    let summary = run(&fx, config, worker::new_shared(), (sender, receiver)).await;
     threads.into_iter().for_each(|t| t.join().unwrap());
     assert_eq!(summary.stats.claimed, 13);
     assert_eq!(summary.stats.succeeded, 13);
-    assert_eq!(statuses(&fixture.path).await["READY"], 37);
+    assert_eq!(fx.count("READY").await, 37);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_reply_fails_the_attempt_instead_of_leaving_it_running() {
-    let fixture = fixture(1).await;
-    let (sender, receiver) = channel();
+async fn a_dropped_reply_fails_the_attempt_instead_of_leaving_it_running(fx: Arc<Fixture>) {
+    insert_jobs(&fx, 1).await;
+    let (sender, receiver) = crossbeam_channel::unbounded();
     let executor_receiver = receiver.clone();
     // An executor that loses the ticket (as a crashed thread would).
     let thread = std::thread::spawn(move || {
@@ -243,8 +181,8 @@ async fn a_dropped_reply_fails_the_attempt_instead_of_leaving_it_running() {
     });
     let mut config = config(1);
     config.batch = true;
-    let summary = run(&fixture, config, worker::new_shared(), (sender, receiver)).await;
+    let summary = run(&fx, config, worker::new_shared(), (sender, receiver)).await;
     thread.join().unwrap();
     assert_eq!(summary.stats.failed, 1);
-    assert_eq!(statuses(&fixture.path).await, HashMap::from([("FAILED".to_owned(), 1)]));
+    assert_eq!(fx.count("FAILED").await, 1);
 }
