@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite, Transaction};
+use sqlx::{Connection, Sqlite, Transaction};
 
 use super::{ClaimRequest, CompletionReport, OutcomeWrite};
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
 use crate::job::{ClaimedJob, NewJob, Outcome};
-use crate::time::{Timestamp, from_sqlite_text, to_sqlite_text};
+use crate::time::{from_sqlite_text, to_sqlite_text};
 use crate::{Error, Result};
 
 /// How often the waker looks at `PRAGMA data_version`: one cheap read, so wake-up latency stays in
@@ -32,10 +32,11 @@ const WAKER_POLL: Duration = Duration::from_millis(5);
 /// Rows per insert statement (each chunk is one JSON array parameter).
 const INSERT_CHUNK: usize = 1_000;
 
-/// `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`: pick and mark in one statement. The literal
-/// `'READY'` matches the partial index `fasttasks_task_ready_idx`, whose order is the `ORDER BY`.
-/// Text columns that may hold timestamps and the numeric columns are `CAST` so that one odd value
-/// cannot make the row undecodable (see the module comment).
+/// `UPDATE … WHERE id IN (SELECT … LIMIT n)`: pick and mark in one statement. The literal `'READY'`
+/// matches the partial index `fasttasks_task_ready_idx`, whose order is the `ORDER BY`. The claimed rows
+/// are read back by [`CLAIMED_ROWS`] rather than with `RETURNING`: sqlx hands every result row from its
+/// SQLite thread to ours as a message of its own, which cost more than the claim itself at a few
+/// hundred rows; one aggregated row costs one message.
 const CLAIM_ALL_QUEUES: &str = "\
 UPDATE fasttasks_task
 SET status = 'RUNNING',
@@ -50,11 +51,7 @@ WHERE id IN (
     WHERE status = 'READY' AND available_at <= ?1 AND backend_name = ?4
     ORDER BY priority DESC, available_at, id
     LIMIT ?5
-)
-RETURNING id, task_path, queue_name, backend_name, CAST(priority AS INTEGER) AS priority, args, kwargs,
-    CAST(run_after AS TEXT) AS run_after, CAST(enqueued_at AS TEXT) AS enqueued_at,
-    CAST(started_at AS TEXT) AS started_at, CAST(attempts AS INTEGER) AS attempts,
-    CAST(max_attempts AS INTEGER) AS max_attempts, worker_ids, CAST(available_at AS TEXT) AS available_at";
+)";
 
 /// The same, only from the queues in the JSON array `?6`.
 const CLAIM_SOME_QUEUES: &str = "\
@@ -72,13 +69,84 @@ WHERE id IN (
         AND queue_name IN (SELECT value FROM json_each(?6))
     ORDER BY priority DESC, available_at, id
     LIMIT ?5
-)
-RETURNING id, task_path, queue_name, backend_name, CAST(priority AS INTEGER) AS priority, args, kwargs,
-    CAST(run_after AS TEXT) AS run_after, CAST(enqueued_at AS TEXT) AS enqueued_at,
-    CAST(started_at AS TEXT) AS started_at, CAST(attempts AS INTEGER) AS attempts,
-    CAST(max_attempts AS INTEGER) AS max_attempts, worker_ids, CAST(available_at AS TEXT) AS available_at";
+)";
 
-// One completion statement per kind of outcome, each guarded like PostgreSQL's: only a row still
+/// The rows one claim took (its fresh lease token), as one JSON array of [`ClaimedRow`] arrays, through
+/// the running index. Text columns go in as JSON strings, so `args`/`kwargs` arrive as the exact stored
+/// text; timestamps and numbers are `CAST` so that one odd value cannot make the row undecodable (see
+/// the module comment).
+const CLAIMED_ROWS: &str = "\
+SELECT json_group_array(json_array(
+    id, task_path, queue_name, backend_name, CAST(priority AS INTEGER), args, kwargs,
+    CAST(run_after AS TEXT), CAST(enqueued_at AS TEXT), CAST(started_at AS TEXT),
+    CAST(attempts AS INTEGER), CAST(max_attempts AS INTEGER), worker_ids, CAST(available_at AS TEXT)))
+FROM fasttasks_task
+WHERE worker_id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
+
+/// One claimed row as [`CLAIMED_ROWS`] encodes it, in its column order.
+type ClaimedRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A whole batch of outcomes in one statement: `?1` is a JSON array of [`CompletionRow`]s. Each is
+/// written only where the row is still RUNNING under the presented lease, like PostgreSQL's. The
+/// status decides which columns change: SUCCESSFUL stores the return value; FAILED and READY (a retry)
+/// append the error object (`json()`, so it goes in as an object, not a string); READY also moves
+/// `available_at` to the retry time and leaves the task unfinished.
+const COMPLETE_BATCH: &str = "\
+UPDATE fasttasks_task AS t
+SET status = o.status,
+    finished_at = o.finished_at,
+    available_at = CASE WHEN o.status = 'READY' THEN o.retry_at ELSE t.available_at END,
+    return_value = CASE WHEN o.status = 'SUCCESSFUL' THEN o.return_json ELSE t.return_value END,
+    errors = CASE WHEN o.status = 'SUCCESSFUL' THEN t.errors
+        ELSE json_insert(t.errors, '$[#]', json(o.error_json)) END,
+    worker_id = NULL,
+    lease_token = NULL
+FROM (
+    SELECT j.value ->> 'id' AS id, j.value ->> 'lease_token' AS lease_token, j.value ->> 'status' AS status,
+        j.value ->> 'finished_at' AS finished_at, j.value ->> 'retry_at' AS retry_at,
+        j.value ->> 'return_json' AS return_json, j.value ->> 'error_json' AS error_json
+    FROM json_each(?1) AS j
+) AS o
+WHERE t.id = o.id AND t.status = 'RUNNING' AND t.lease_token = o.lease_token";
+
+/// The ids of a [`COMPLETE_BATCH`] parameter whose row is no longer RUNNING under that lease (taken
+/// over by another attempt): asked before the update, as one JSON array.
+const STALE_IN_BATCH: &str = "\
+SELECT json_group_array(j.value ->> 'id')
+FROM json_each(?1) AS j
+WHERE NOT EXISTS (
+    SELECT 1 FROM fasttasks_task AS t
+    WHERE t.id = j.value ->> 'id' AND t.status = 'RUNNING' AND t.lease_token = j.value ->> 'lease_token'
+)";
+
+/// One outcome of a [`COMPLETE_BATCH`].
+#[derive(Serialize)]
+struct CompletionRow<'a> {
+    id: &'a str,
+    lease_token: i64,
+    status: &'static str,
+    finished_at: Option<String>,
+    retry_at: Option<String>,
+    return_json: Option<&'a str>,
+    error_json: Option<&'a str>,
+}
+
+// One outcome at a time, the fallback when a batch is refused (see `complete`); guarded like PostgreSQL's: only a row still
 // RUNNING under the presented lease is written. `json(?)` makes the error an object inside the array
 // instead of a string.
 const COMPLETE_SUCCESS: &str = "\
@@ -268,13 +336,21 @@ impl SqliteStore {
         };
         let mut jobs = self
             .write(async |tx| {
-                let rows = query.fetch_all(&mut **tx).await?;
-                // Decode before committing: if a row cannot be decoded at all, the claim rolls back
+                let claimed = query.execute(&mut **tx).await?.rows_affected();
+                if claimed == 0 {
+                    return Ok(Vec::new());
+                }
+                let rows: String = sqlx::query_scalar(CLAIMED_ROWS)
+                    .bind(request.worker_id)
+                    .bind(request.lease_token)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                // Decode before committing: if the rows cannot be decoded at all, the claim rolls back
                 // instead of leaving rows RUNNING that nobody holds.
-                Ok(rows
-                    .iter()
-                    .map(|row| claimed_job(row, request))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+                let rows: Vec<ClaimedRow> = serde_json::from_str(&rows).map_err(|error| {
+                    Error::CorruptRow { id: String::new(), reason: format!("claimed rows: {error}") }
+                })?;
+                Ok(rows.into_iter().map(|row| claimed_job(row, request)).collect::<Vec<_>>())
             })
             .await?;
         // Sorting on the stored text is exactly SQLite's `ORDER BY` (binary collation).
@@ -283,13 +359,35 @@ impl SqliteStore {
     }
 
     pub async fn complete(&self, outcomes: &[Outcome]) -> Result<CompletionReport> {
+        let writes: Vec<OutcomeWrite<'_>> = outcomes.iter().map(OutcomeWrite::plan).collect();
+        let rows: Vec<CompletionRow<'_>> = writes
+            .iter()
+            .map(|write| CompletionRow {
+                id: write.id,
+                lease_token: write.lease_token,
+                status: write.status,
+                finished_at: write.finished_at.map(to_sqlite_text),
+                retry_at: write.retry_at.map(to_sqlite_text),
+                return_json: write.return_json.as_deref(),
+                error_json: write.error_json.as_deref(),
+            })
+            .collect();
+        let batch = serde_json::to_string(&rows).expect("strings and numbers serialize");
         self.write(async |tx| {
+            let stale: String = sqlx::query_scalar(STALE_IN_BATCH).bind(&batch).fetch_one(&mut **tx).await?;
+            let stale: Vec<String> = serde_json::from_str(&stale).unwrap_or_default();
+            match sqlx::query(COMPLETE_BATCH).bind(&batch).execute(&mut **tx).await {
+                Ok(done) => return Ok(CompletionReport { applied: done.rows_affected(), stale }),
+                Err(error) if is_data_error(&error) => {}
+                Err(error) => return Err(error.into()),
+            }
+            // The database refused a value of the batch (the JSON texts were checked, so this is rare,
+            // e.g. a CHECK added by hand). A failed statement inside a transaction undoes only itself in
+            // SQLite, so write one outcome at a time, replacing just the refused one; if even the
+            // replacement fails, the error is not about the value and the whole batch is rolled back.
             let mut report = CompletionReport::default();
-            for write in outcomes.iter().map(OutcomeWrite::plan) {
-                // A failed statement inside a transaction undoes only itself in SQLite, so a value the
-                // database refuses can be replaced on the spot; if even the replacement fails, the error
-                // is not about the value and the whole batch is rolled back and reported.
-                let applied = match complete_one(tx, &write).await {
+            for write in &writes {
+                let applied = match complete_one(tx, write).await {
                     Err(error) if is_data_error(&error) => {
                         let refused = write.clone().refused(&error.to_string());
                         complete_one(tx, &refused).await?
@@ -379,30 +477,34 @@ async fn complete_one(
     Ok(result.rows_affected() == 1)
 }
 
-/// The job and its `available_at` text (the sort key).
-fn claimed_job(row: &SqliteRow, request: &ClaimRequest<'_>) -> Result<(ClaimedJob, String), sqlx::Error> {
-    let timestamp = |column: &str| -> Result<Option<Timestamp>, sqlx::Error> {
-        Ok(row.try_get::<Option<String>, _>(column)?.as_deref().and_then(from_sqlite_text))
-    };
+/// The job and its `available_at` text (the sort key). A missing text column (a row edited by hand)
+/// becomes JSON `null`, which the runner reports as a corrupt row, failing only that task.
+fn claimed_job(row: ClaimedRow, request: &ClaimRequest<'_>) -> (ClaimedJob, String) {
+    let (id, task_path, queue_name, backend_name, priority, args, kwargs) =
+        (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
+    let (run_after, enqueued_at, started_at, attempts, max_attempts, worker_ids, available_at) =
+        (row.7, row.8, row.9, row.10, row.11, row.12, row.13);
+    let timestamp = |text: Option<String>| text.as_deref().and_then(from_sqlite_text);
+    let small = |number: Option<i64>| number.and_then(|n| i32::try_from(n).ok()).unwrap_or(0);
     let job = ClaimedJob {
-        id: row.try_get("id")?,
-        task_path: row.try_get("task_path")?,
-        queue_name: row.try_get("queue_name")?,
-        backend_name: row.try_get("backend_name")?,
-        priority: row.try_get("priority")?,
-        args_json: row.try_get("args")?,
-        kwargs_json: row.try_get("kwargs")?,
-        run_after: timestamp("run_after")?,
-        enqueued_at: timestamp("enqueued_at")?.unwrap_or(request.now),
-        started_at: timestamp("started_at")?.unwrap_or(request.now),
+        id,
+        task_path: task_path.unwrap_or_default(),
+        queue_name: queue_name.unwrap_or_default(),
+        backend_name: backend_name.unwrap_or_default(),
+        priority: small(priority),
+        args_json: args.unwrap_or_else(|| "null".to_owned()),
+        kwargs_json: kwargs.unwrap_or_else(|| "null".to_owned()),
+        run_after: timestamp(run_after),
+        enqueued_at: timestamp(enqueued_at).unwrap_or(request.now),
+        started_at: timestamp(started_at).unwrap_or(request.now),
         // This claim wrote it.
         last_attempted_at: request.now,
-        attempt: row.try_get("attempts")?,
-        max_attempts: row.try_get("max_attempts")?,
-        worker_ids_json: row.try_get("worker_ids")?,
+        attempt: small(attempts),
+        max_attempts: small(max_attempts),
+        worker_ids_json: worker_ids.unwrap_or_else(|| "[]".to_owned()),
         lease_token: request.lease_token,
     };
-    Ok((job, row.try_get("available_at")?))
+    (job, available_at.unwrap_or_default())
 }
 
 async fn data_version(connection: &mut SqliteConnection) -> Result<i64> {
