@@ -276,3 +276,15 @@ def test_bulk_enqueue_runs_first_in_first_out(marks: Path) -> None:
     assert all(uuid.UUID(r.id).version == 7 for r in results)
     drain(concurrency=1)
     assert lines(marks) == [str(i) for i in range(50)]
+
+
+def test_connections_are_closed_after_each_task_as_after_a_request() -> None:
+    # CONN_MAX_AGE is 0 in the test settings: like a request, every task ends by closing its connection
+    # (django.db.close_old_connections), so no task starts with the previous one's connection.
+    assert connections["default"].settings_dict["CONN_MAX_AGE"] == 0
+    results = [worker_tasks.connection_was_open.enqueue() for _ in range(20)]
+    drain(concurrency=1)
+    for result in results:
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL
+        assert result.return_value is False

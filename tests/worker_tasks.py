@@ -117,3 +117,14 @@ def enqueue_children(path: str, parent: str, count: int) -> int:
     for index in range(count):
         record.enqueue(path, f"{parent}.{index}")
     return count
+
+
+@task
+def connection_was_open() -> bool:
+    """Whether this thread's connection was still open when the task started; then uses it."""
+    from django.db import connection
+
+    was_open = connection.connection is not None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return was_open

@@ -79,6 +79,7 @@ class Worker:
         worker_id: str,
         queues: Sequence[str] | None = None,
         concurrency: int = 8,
+        prefetch: int = 1000,
         batch: bool = False,
         max_tasks: int | None = None,
         poll_interval: float = 1.0,

@@ -34,6 +34,11 @@ def dumps(value: Any) -> str:
 
 def loads(text: str | bytes | bytearray) -> Any:
     """Parse JSON text (``bytes`` are decoded as UTF-8)."""
+    # The worker parses the arguments of every task; most calls have no args or no kwargs.
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
     if not isinstance(text, str):
         text = bytes(text).decode("utf-8")
     return _decoder.decode(text)

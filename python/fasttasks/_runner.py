@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fasttasks.worker")
 
+#: A task thread that waited at least this long since its last task checks its database connections
+#: before the next one (``CONN_MAX_AGE``, health checks), as Django does at the start of a request.
+IDLE_CONNECTION_CHECK = 1.0
+
 __all__ = ["Runner"]
 
 
@@ -59,12 +64,19 @@ class Runner:
         self.backend_class: type[Any] = type(task_backends[backend_alias])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        self._is_coroutine: dict[Any, bool] = {}
+        self._thread = threading.local()
 
     # -- called by the Rust task threads ------------------------------------------------------------
 
     def execute(self, job: Job, reply: Reply) -> None:
         """Run one attempt; report through ``reply`` (now, or later for a coroutine task)."""
-        close_old_connections()
+        # Django closes unusable or expired connections at the start and the end of each request. The
+        # end-of-task call below covers back-to-back tasks; a thread that sat idle checks again first,
+        # because its connection may have expired or been dropped meanwhile.
+        thread = self._thread
+        if time.monotonic() - getattr(thread, "last_task_end", 0.0) >= IDLE_CONNECTION_CHECK:
+            _close_old_connections()
         try:
             prepared = self._prepare(job)
         except Exception as exc:
@@ -75,9 +87,14 @@ class Runner:
             return
         task, result, args, kwargs = prepared
         self._send(task_started, result)
-        if inspect.iscoroutinefunction(task.func):
+        func = task.func
+        is_coroutine = self._is_coroutine.get(func)
+        if is_coroutine is None:
+            is_coroutine = self._is_coroutine[func] = inspect.iscoroutinefunction(func)
+        if is_coroutine:
             coroutine = self._run_coroutine(job, reply, task, result, args, kwargs)
             asyncio.run_coroutine_threadsafe(coroutine, self._event_loop())
+            thread.last_task_end = time.monotonic()  # this thread's part is done; the loop runs it
             return
         try:
             if task.takes_context:
@@ -90,7 +107,8 @@ class Runner:
         else:
             self._succeed(reply, result, return_json, normalized)
         finally:
-            close_old_connections()
+            _close_old_connections()
+            thread.last_task_end = time.monotonic()
 
     def thread_exit(self) -> None:
         """Called by each task thread when the worker stops: close that thread's connections."""
@@ -159,12 +177,16 @@ class Runner:
     @staticmethod
     def _encode_return(value: Any) -> tuple[str, Any]:
         """Normalize like Django's ImmediateBackend; a value that cannot be stored fails the task."""
+        if value is None:
+            return "null", None
         normalized = normalize_json(value)
         return _json.dumps(normalized), normalized
 
     def _succeed(self, reply: Reply, result: TaskResult[..., Any], return_json: str, value: Any) -> None:
         reply.succeed(return_json)
-        _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=_now(), _return_value=value)
+        _setattr(result, "status", TaskResultStatus.SUCCESSFUL)
+        _setattr(result, "finished_at", _now())
+        _setattr(result, "_return_value", value)
         self._send(task_finished, result)
 
     def _fail(self, job: Job, reply: Reply, result: TaskResult[..., Any], exc: BaseException) -> None:
@@ -207,6 +229,23 @@ class Runner:
                 thread.start()
                 self._loop = loop
             return self._loop
+
+
+_setattr = object.__setattr__
+
+
+def _close_old_connections() -> None:
+    """``django.db.close_old_connections``, skipped in a thread that has never opened a connection.
+
+    Django's version costs a few microseconds even then (each alias is looked up in an asgiref
+    ``Local``), a good part of a short task. A sync thread's connections live in the plain
+    ``threading.local`` behind that ``Local``: when it holds nothing, there is nothing to close. Any
+    other layout (another asgiref version, async storage) takes Django's path.
+    """
+    storage = getattr(getattr(connections, "_connections", None), "_storage", None)
+    if isinstance(storage, threading.local) and not storage.__dict__:
+        return
+    close_old_connections()
 
 
 def _now() -> datetime:

@@ -77,8 +77,13 @@ pub struct WorkerConfig {
     /// The `TASKS` alias whose rows this worker runs (the table may hold several backends' rows).
     pub backend_name: String,
     pub queues: QueueFilter,
-    /// Maximum tasks in flight at once (sync tasks on threads plus coroutines on the event loop).
+    /// Maximum tasks running at once (sync tasks on threads plus coroutines on the event loop).
     pub concurrency: usize,
+    /// Claim-ahead: at most this many claimed tasks wait for a free slot on top of `concurrency`. The
+    /// producer uses it only as far as the executor's recent pace starts them within
+    /// [`crate::worker::PREFETCH_HORIZON`], so short tasks are claimed in large batches while long
+    /// ones are claimed only for free slots. 0: claim only for free slots.
+    pub prefetch: usize,
     /// Stored in `worker_ids` and `worker_id`; at most 64 characters.
     pub worker_id: String,
     /// Drain everything that is due, then stop.
@@ -102,6 +107,7 @@ impl WorkerConfig {
             backend_name: backend_name.into(),
             queues: QueueFilter::Only(vec!["default".into()]),
             concurrency: 8,
+            prefetch: 1_000,
             worker_id: worker_id.into(),
             batch: false,
             max_tasks: None,

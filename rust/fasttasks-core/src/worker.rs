@@ -1,7 +1,9 @@
 //! The services of one worker process, in River's shape:
 //!
-//! - the **producer** claims jobs only when execution slots are free, never more than are free, and
-//!   hands each one as a [`JobTicket`] to the executor's channel;
+//! - the **producer** claims jobs only when slots are free, never more than are free, and hands each
+//!   one as a [`JobTicket`] to the executor's channel. Slots are `concurrency` running tasks plus a
+//!   claim-ahead window that follows the executor's pace (see [`PREFETCH_HORIZON`]): fast tasks are
+//!   claimed hundreds at a time, slow ones only for idle slots;
 //! - the **executor** is not here: the binding crate runs Python threads that take tickets from the
 //!   channel (tests and the ceiling benchmark use [`spawn_rust_executor`]); each ticket's [`Reply`]
 //!   carries the outcome back and frees the slot;
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::WorkerConfig;
 use crate::job::{ClaimedJob, Outcome, OutcomeKind};
@@ -33,6 +35,13 @@ const BATCH_RECHECK: Duration = Duration::from_millis(20);
 const ABORT_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 /// Events kept for the host to read; older ones are dropped (and counted) past this.
 const MAX_QUEUED_EVENTS: usize = 1_000;
+/// Claim-ahead covers what the executor starts in this much time at its recent pace. A claimed task
+/// waits for a slot about this long at most, so a task enqueued later at a higher priority (or another,
+/// idle worker) is kept waiting by claim-ahead no longer than this; in exchange claims are large
+/// enough that their cost per task is small. See [`WorkerConfig::prefetch`].
+pub const PREFETCH_HORIZON: Duration = Duration::from_millis(20);
+/// How often the producer re-measures the executor's pace.
+const PACE_SAMPLE: Duration = Duration::from_millis(10);
 
 /// Where the worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +214,52 @@ pub struct Reply {
 struct ReplyRoute {
     outcomes: mpsc::UnboundedSender<Outcome>,
     stats: Arc<WorkerStats>,
-    _slot: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+}
+
+/// Dropping the route frees the ticket's slot: exactly once per ticket, whether it was answered,
+/// released or dropped.
+impl Drop for ReplyRoute {
+    fn drop(&mut self) {
+        let in_flight = self.stats.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.slots.returned.fetch_add(1, Ordering::Relaxed);
+        if in_flight <= self.slots.wake_at_or_below.load(Ordering::Acquire) {
+            self.slots.freed.notify_one();
+        }
+    }
+}
+
+/// The producer's side of the tickets in flight (their count is `WorkerStats::in_flight`).
+#[derive(Debug)]
+struct Slots {
+    /// Woken when a ticket is answered or released and at most `wake_at_or_below` remain in flight:
+    /// the producer sets the level it waits for, so that a busy executor does not wake it per task.
+    freed: Notify,
+    wake_at_or_below: AtomicU64,
+    /// Tickets answered or released so far: the executor's pace.
+    returned: AtomicU64,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self { freed: Notify::new(), wake_at_or_below: AtomicU64::new(u64::MAX), returned: AtomicU64::new(0) }
+    }
+}
+
+impl Slots {
+    /// Waits until at most `level` tickets are in flight (or the phase changes).
+    async fn wait_until_at_most(&self, level: u64, stats: &WorkerStats, phase: &mut watch::Receiver<Phase>) {
+        self.wake_at_or_below.store(level, Ordering::Release);
+        // Checked after publishing the level: a ticket returned in between has either seen the level
+        // (and notified) or is counted here.
+        if stats.in_flight.load(Ordering::Acquire) > level {
+            tokio::select! {
+                _ = self.freed.notified() => {}
+                _ = phase.changed() => {}
+            }
+        }
+        self.wake_at_or_below.store(u64::MAX, Ordering::Release);
+    }
 }
 
 impl Reply {
@@ -217,7 +271,6 @@ impl Reply {
     fn deliver(&mut self, kind: OutcomeKind) {
         if let Some(route) = self.route.take() {
             route.stats.pending_outcomes.fetch_add(1, Ordering::Relaxed);
-            route.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             let outcome = Outcome {
                 id: std::mem::take(&mut self.id),
                 lease_token: self.lease_token,
@@ -233,9 +286,7 @@ impl Reply {
 
     /// Gives the slot back without an outcome; the caller returns the row to READY.
     fn release(mut self) -> (String, i64) {
-        if let Some(route) = self.route.take() {
-            route.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
+        drop(self.route.take());
         (std::mem::take(&mut self.id), self.lease_token)
     }
 }
@@ -279,7 +330,7 @@ pub async fn run(
     config.validate()?;
     let started = Instant::now();
     let (ticket_sender, ticket_receiver) = tickets;
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let slots = Arc::new(Slots::default());
     let (outcome_sender, outcome_receiver) = mpsc::unbounded_channel();
     let completer = tokio::spawn(complete_outcomes(
         store.clone(),
@@ -298,6 +349,7 @@ pub async fn run(
         phase: shared.control.phase.subscribe(),
         waker: None,
         claimed_total: 0,
+        pace: Pace::new(),
     };
     producer.run().await;
     let Producer { outcome_sender, mut phase, .. } = producer;
@@ -312,11 +364,8 @@ pub async fn run(
     }
 
     // Wait for the running tasks unless aborted.
-    if *phase.borrow() != Phase::Aborting {
-        tokio::select! {
-            all = slots.clone().acquire_many_owned(config.concurrency as u32) => drop(all),
-            _ = phase.wait_for(|phase| *phase == Phase::Aborting) => {}
-        }
+    while shared.stats.in_flight.load(Ordering::Acquire) > 0 && *phase.borrow() != Phase::Aborting {
+        slots.wait_until_at_most(0, &shared.stats, &mut phase).await;
     }
     drop(outcome_sender);
     // The completer ends when every Reply is gone (all outcomes in) or, after an abort, by deadline.
@@ -338,12 +387,43 @@ struct Producer<'a> {
     store: &'a Store,
     config: &'a WorkerConfig,
     shared: &'a WorkerShared,
-    slots: &'a Arc<Semaphore>,
+    slots: &'a Arc<Slots>,
     outcome_sender: mpsc::UnboundedSender<Outcome>,
     ticket_sender: crossbeam_channel::Sender<JobTicket>,
     phase: watch::Receiver<Phase>,
     waker: Option<Waker>,
     claimed_total: u64,
+    pace: Pace,
+}
+
+/// The executor's recent pace (tickets returned per second), smoothed.
+struct Pace {
+    per_second: f64,
+    sampled_at: Instant,
+    returned_then: u64,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Self { per_second: 0.0, sampled_at: Instant::now(), returned_then: 0 }
+    }
+
+    fn update(&mut self, returned_now: u64) {
+        let elapsed = self.sampled_at.elapsed();
+        if elapsed < PACE_SAMPLE {
+            return;
+        }
+        let latest = (returned_now - self.returned_then) as f64 / elapsed.as_secs_f64();
+        // Fast to follow: a worker goes from idle to a burst (or to long tasks) within a few claims.
+        self.per_second = 0.5 * self.per_second + 0.5 * latest;
+        self.sampled_at = Instant::now();
+        self.returned_then = returned_now;
+    }
+
+    /// How many claimed tickets may wait for a slot: what the executor starts within the horizon.
+    fn prefetch_window(&self, max_prefetch: usize) -> usize {
+        ((self.per_second * PREFETCH_HORIZON.as_secs_f64()) as usize).min(max_prefetch)
+    }
 }
 
 impl Producer<'_> {
@@ -360,20 +440,21 @@ impl Producer<'_> {
             if remaining == Some(0) {
                 return;
             }
-            // Wait for at least one free slot, then take every free one: demand = free slots.
-            let first = tokio::select! {
-                permit = self.slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
-                _ = self.phase.changed() => continue,
-            };
-            let mut permits = vec![first];
-            let cap = remaining.map_or(usize::MAX, |r| r.min(usize::MAX as u64) as usize);
-            while permits.len() < cap {
-                match self.slots.clone().try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => break,
-                }
+            // Demand = free slots: idle execution slots plus the claim-ahead window, less what is in
+            // flight. With a window, wait until half of it is free, so that claims stay large while the
+            // tickets still queued keep the executor busy.
+            self.pace.update(self.slots.returned.load(Ordering::Relaxed));
+            let window = self.pace.prefetch_window(self.config.prefetch);
+            let capacity = self.config.concurrency + window;
+            let least_claim = (window / 2).max(1);
+            let in_flight = self.shared.stats.in_flight.load(Ordering::Acquire) as usize;
+            let free = capacity.saturating_sub(in_flight);
+            if free < least_claim {
+                let level = (capacity - least_claim) as u64;
+                self.slots.wait_until_at_most(level, &self.shared.stats, &mut self.phase).await;
+                continue;
             }
-            let wanted = permits.len();
+            let wanted = remaining.map_or(free, |r| free.min(r.min(usize::MAX as u64) as usize));
             let idle_before_claim = self.batch_was_idle();
             let claimed = match self.claim(wanted).await {
                 Ok(jobs) => {
@@ -381,7 +462,6 @@ impl Producer<'_> {
                     jobs
                 }
                 Err(error) => {
-                    drop(permits);
                     self.shared.stats.database_errors.fetch_add(1, Ordering::Relaxed);
                     self.shared.events.push(
                         EventLevel::Warning,
@@ -395,7 +475,7 @@ impl Producer<'_> {
             let got = claimed.len();
             self.claimed_total += got as u64;
             self.shared.stats.claimed.fetch_add(got as u64, Ordering::Relaxed);
-            for (job, slot) in claimed.into_iter().zip(permits.drain(..got)) {
+            for job in claimed {
                 self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 let reply = Reply {
                     id: job.id.clone(),
@@ -403,7 +483,7 @@ impl Producer<'_> {
                     route: Some(ReplyRoute {
                         outcomes: self.outcome_sender.clone(),
                         stats: self.shared.stats.clone(),
-                        _slot: slot,
+                        slots: self.slots.clone(),
                     }),
                 };
                 if let Err(returned) = self.ticket_sender.send(JobTicket { job, reply }) {
@@ -413,7 +493,6 @@ impl Producer<'_> {
                     return;
                 }
             }
-            drop(permits);
             if got == wanted {
                 continue; // the queue may hold more: claim again as soon as slots free up
             }

@@ -21,6 +21,7 @@ on_both_databases! {
     abort_does_not_wait_for_running_jobs,
     max_tasks_limits_claims,
     a_dropped_reply_fails_the_attempt_instead_of_leaving_it_running,
+    claim_ahead_follows_the_executor_pace,
 }
 
 type Tickets = (crossbeam_channel::Sender<JobTicket>, crossbeam_channel::Receiver<JobTicket>);
@@ -185,4 +186,47 @@ async fn a_dropped_reply_fails_the_attempt_instead_of_leaving_it_running(fx: Arc
     thread.join().unwrap();
     assert_eq!(summary.stats.failed, 1);
     assert_eq!(fx.count("FAILED").await, 1);
+}
+
+/// Drains `jobs` jobs in batch mode with one executor thread running `task_time` per job; returns the
+/// most tickets ever in flight (running plus claimed ahead) as the executor saw it.
+async fn most_in_flight(
+    fx: &Fixture,
+    jobs: usize,
+    task_time: Duration,
+    concurrency: usize,
+    prefetch: usize,
+) -> u64 {
+    insert_jobs(fx, jobs).await;
+    let shared = worker::new_shared();
+    let stats = shared.stats.clone();
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    let threads = worker::spawn_rust_executor(1, receiver.clone(), move |_job| {
+        seen.fetch_max(stats.in_flight.load(Ordering::SeqCst) as usize, Ordering::SeqCst);
+        std::thread::sleep(task_time);
+        OutcomeKind::Succeeded { return_json: "null".into() }
+    });
+    let mut config = config(concurrency);
+    config.batch = true;
+    config.prefetch = prefetch;
+    let summary = run(fx, config, shared, (sender, receiver)).await;
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(summary.stats.succeeded, jobs as u64);
+    most.load(Ordering::SeqCst) as u64
+}
+
+async fn claim_ahead_follows_the_executor_pace(fx: Arc<Fixture>) {
+    // Fast tasks: claims run ahead of the two slots, but never past the prefetch bound.
+    let fast = most_in_flight(&fx, 4_000, Duration::ZERO, 2, 100).await;
+    assert!(fast > 2 && fast <= 2 + 100, "fast tasks: {fast} in flight");
+    fx.exec("DELETE FROM fasttasks_task").await;
+    // Prefetch 0: only free slots are claimed.
+    let strict = most_in_flight(&fx, 500, Duration::ZERO, 2, 0).await;
+    assert!(strict <= 2, "prefetch 0: {strict} in flight");
+    fx.exec("DELETE FROM fasttasks_task").await;
+    // Slow tasks (about 50 per second): almost nothing is claimed ahead, although 1,000 would be allowed.
+    let slow = most_in_flight(&fx, 12, Duration::from_millis(20), 2, 1_000).await;
+    assert!(slow <= 2 + 3, "slow tasks: {slow} in flight");
 }

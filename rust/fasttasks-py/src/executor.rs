@@ -1,6 +1,7 @@
 //! Dedicated Python threads that run tasks. Each thread attaches to the interpreter once and detaches
 //! only while it waits for the next ticket (granian's blocking-pool pattern): attaching per task would
-//! cost far more than a no-op task. No Python ever runs on a tokio thread.
+//! cost far more than a no-op task. A thread that finds a ticket waiting takes it without detaching at
+//! all. No Python ever runs on a tokio thread.
 
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -131,7 +132,18 @@ fn run_tickets(py: Python<'_>, runner: &Py<PyAny>, tickets: &crossbeam_channel::
             return; // the tickets stay in the channel and are handed back at shutdown
         }
     };
-    while let Ok(JobTicket { job, reply }) = py.detach(|| tickets.recv()) {
+    loop {
+        // Take a waiting ticket without letting go of the interpreter; detach only to wait. Under
+        // load this thread runs ticket after ticket while the others sleep, instead of handing the
+        // GIL back and forth on every task.
+        let JobTicket { job, reply } = match tickets.try_recv() {
+            Ok(ticket) => ticket,
+            Err(crossbeam_channel::TryRecvError::Empty) => match py.detach(|| tickets.recv()) {
+                Ok(ticket) => ticket,
+                Err(_) => break,
+            },
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+        };
         let reply = match Py::new(py, Reply::new(reply)) {
             Ok(reply) => reply,
             Err(error) => {

@@ -51,7 +51,7 @@ impl Worker {
     /// `database`: see `settings::database_config`. `runner`: an object with `execute(job, reply)` and
     /// `thread_exit()` (`fasttasks._runner.Runner`). `queues=None` means every queue.
     #[new]
-    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, batch=false, max_tasks=None, poll_interval=1.0, listen=true))]
+    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, prefetch=1000, batch=false, max_tasks=None, poll_interval=1.0, listen=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         database: &Bound<'_, PyDict>,
@@ -60,6 +60,7 @@ impl Worker {
         worker_id: String,
         queues: Option<Vec<String>>,
         concurrency: usize,
+        prefetch: usize,
         batch: bool,
         max_tasks: Option<u64>,
         poll_interval: f64,
@@ -77,6 +78,7 @@ impl Worker {
             Some(names) => QueueFilter::Only(names),
         };
         config.concurrency = concurrency;
+        config.prefetch = prefetch;
         config.batch = batch;
         config.max_tasks = max_tasks;
         config.listen = listen;
