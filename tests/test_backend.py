@@ -23,7 +23,7 @@ from django.test import modify_settings, override_settings
 from django.test.utils import CaptureQueriesContext
 from fasttasks import _json
 from fasttasks._results import InvalidTaskPath, resolve_task
-from fasttasks.backend import BULK_CHUNK_SIZE, FastTasksBackend, _chunk_size, aenqueue_many, enqueue_many
+from fasttasks.backend import BULK_CHUNK_SIZE, FastTasksBackend, aenqueue_many, enqueue_many
 from fasttasks.checks import check_task_tables
 from fasttasks.compat import (
     BACKPORT,
@@ -583,12 +583,9 @@ def test_enqueue_many_basic() -> None:
 
 def test_enqueue_many_one_statement_per_chunk() -> None:
     n = 2 * BULK_CHUNK_SIZE + 1
-    chunk = _chunk_size(connection)
-    if IS_PG or sys.version_info >= (3, 11):
-        assert chunk == BULK_CHUNK_SIZE
     with CaptureQueriesContext(connection) as ctx:
         results = enqueue_many(tasks.add.using(priority=3), [((i, 1), {}) for i in range(n)])
-    assert len(_inserts(ctx)) == math.ceil(n / chunk)
+    assert len(_inserts(ctx)) == math.ceil(n / BULK_CHUNK_SIZE)
     assert len(results) == n
     assert TaskRecord.objects.filter(priority=3).count() == n
     if IS_PG:

@@ -18,9 +18,7 @@ Configuration::
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime
@@ -68,7 +66,7 @@ MAX_ID_LENGTH: Final = 64
 #: Queue and backend names are at most this long (varchar(255)).
 MAX_NAME_LENGTH: Final = 255
 #: Rows per INSERT statement in enqueue_many.
-BULK_CHUNK_SIZE: Final = 500
+BULK_CHUNK_SIZE: Final = 2_000
 TABLE: Final = "fasttasks_task"
 
 _UTC = dt_timezone.utc
@@ -76,7 +74,9 @@ _COLUMNS = (
     "id, task_path, queue_name, backend_name, priority, status, args, kwargs, "
     "run_after, available_at, enqueued_at, max_attempts"
 )
-_PARAMS_PER_ROW = 11  # status is a literal
+#: One row of an INSERT, in this order: id, task_path, queue_name, backend_name, priority, args, kwargs,
+#: run_after, available_at, enqueued_at, max_attempts (the status is a literal).
+_Row = tuple[str, str, str, str, int, str, str, Any, Any, Any, int]
 
 
 def new_task_ids(count: int) -> list[str]:
@@ -90,31 +90,52 @@ def new_task_ids(count: int) -> list[str]:
     # 74 bits of counter (12 in rand_a, 62 in rand_b), seeded at random with the top bit clear so that
     # adding up to 2**73 never carries into the timestamp.
     counter = secrets.randbits(73)
+    head = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0b10 << 62
     ids = []
     for offset in range(count):
         value = counter + offset
-        number = (
-            (millis & 0xFFFF_FFFF_FFFF) << 80
-            | 0x7 << 76
-            | (value >> 62) << 64
-            | 0b10 << 62
-            | (value & 0x3FFF_FFFF_FFFF_FFFF)
-        )
-        ids.append(str(uuid.UUID(int=number)))
+        h = f"{head | (value >> 62) << 64 | (value & 0x3FFF_FFFF_FFFF_FFFF):032x}"
+        # str(uuid.UUID(int=...)) spelled out: this runs once per enqueued task.
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=8)
 def _insert_sql(vendor: str, rows: int, notify: bool) -> str:
-    if vendor == "postgresql":
-        row = "(%s, %s, %s, %s, %s, 'READY', %s::jsonb, %s::jsonb, %s, %s, %s, %s)"
+    """The INSERT for one row (``rows == 1``, a plain ``VALUES`` row) or for more (``rows > 1``).
+
+    Several rows go in one statement with a fixed number of parameters: the drivers parse and cache a
+    short statement once, where a ``VALUES`` list of N rows would be a new, long one per N. PostgreSQL:
+    one array per column, zipped by ``unnest``, then one ``pg_notify`` per distinct queue (last
+    parameter). SQLite: one JSON array of rows (``json_each``), ``args``/``kwargs`` inside as strings
+    holding their exact JSON text. A single row keeps the plain form, which plans faster.
+    """
+    postgres = vendor == "postgresql"
+    if rows == 1:
+        casts = "%s::jsonb, %s::jsonb" if postgres else "%s, %s"
+        sql = (
+            f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, 'READY', {casts}, %s, %s, %s, %s)"
+        )
+        queues = "(VALUES (%s)) AS q(q)"
+    elif postgres:
+        sql = (
+            f"INSERT INTO {TABLE} ({_COLUMNS}) "
+            "SELECT r.id, r.task_path, r.queue_name, r.backend_name, r.priority, 'READY', r.args::jsonb, "
+            "r.kwargs::jsonb, r.run_after, r.available_at, r.enqueued_at, r.max_attempts "
+            "FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::integer[], "
+            "%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], "
+            "%s::integer[]) AS r(id, task_path, queue_name, backend_name, priority, args, kwargs, "
+            "run_after, available_at, enqueued_at, max_attempts)"
+        )
+        queues = "unnest(%s::text[]) AS q(q)"
     else:
-        row = "(%s, %s, %s, %s, %s, 'READY', %s, %s, %s, %s, %s, %s)"
-    sql = f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join([row] * rows)}"
+        fields = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(11))
+        values = fields.replace("json_extract(value, '$[5]')", "'READY', json_extract(value, '$[5]')", 1)
+        sql = f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT {values} FROM json_each(%s)"
     if notify:
-        # A data-modifying CTE always runs to completion; the NOTIFY is delivered at commit, and not
+        # A data-modifying CTE always runs to completion; each NOTIFY is delivered at commit, and not
         # at all if the transaction rolls back.
-        sql = f"WITH ins AS ({sql}) SELECT pg_notify('{NOTIFY_CHANNEL}', %s)"
+        sql = f"WITH ins AS ({sql}) SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM {queues}"
     return sql
 
 
@@ -207,8 +228,8 @@ class FastTasksBackend(BaseTaskBackend):
         trip: tuples become lists and dict keys become strings, exactly as ``get_result`` returns them.
         """
         self.validate_task(task)
-        encoded = [_json.encode_arguments(args, kwargs)]
-        return cast("TaskResult[_P, _R]", self._insert(task, encoded)[0])
+        args_text, kwargs_text = _json.encode_arguments(args, kwargs)
+        return cast("TaskResult[_P, _R]", self._insert([(task, args_text, kwargs_text)])[0])
 
     def enqueue_many(
         self,
@@ -217,60 +238,90 @@ class FastTasksBackend(BaseTaskBackend):
     ) -> list[TaskResult[_P, _R]]:
         """Enqueue ``task`` once per ``(args, kwargs)`` item, validating every item before writing.
 
-        One multi-row ``INSERT`` per ``BULK_CHUNK_SIZE`` items (all inside one atomic block when there
-        is more than one chunk), one ``NOTIFY`` per call; ``task_enqueued`` is sent for each result.
+        One ``INSERT`` per ``BULK_CHUNK_SIZE`` items (all inside one atomic block when there is more
+        than one chunk), one ``NOTIFY`` per call; ``task_enqueued`` is sent for each result.
         """
         self.validate_task(task)
-        encoded = []
+        entries = []
         for index, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise TypeError(
                     f"enqueue_many() items must be (args, kwargs) pairs; items[{index}] is {item!r}."
                 )
             args, kwargs = item
-            encoded.append(_json.encode_arguments(args, kwargs, where=f" of items[{index}]"))
-        if not encoded:
+            args_text, kwargs_text = _json.encode_arguments(args, kwargs, where=f" of items[{index}]")
+            entries.append((task, args_text, kwargs_text))
+        if not entries:
             return []
-        return cast("list[TaskResult[_P, _R]]", self._insert(task, encoded))
+        return cast("list[TaskResult[_P, _R]]", self._insert(entries))
 
-    def _insert(self, task: Task[..., Any], encoded: list[tuple[str, str]]) -> list[TaskResult[..., Any]]:
+    def _insert(self, entries: Sequence[tuple[Task[..., Any], str, str]]) -> list[TaskResult[..., Any]]:
+        """Insert validated, encoded ``(task, args_text, kwargs_text)`` entries; send ``task_enqueued``."""
         connection = connections[self.database_alias]
         vendor = connection.vendor
         if vendor not in SUPPORTED_VENDORS:
             raise ImproperlyConfigured(_vendor_message(self.alias, self.database_alias, vendor))
 
         now = datetime.now(_UTC)
-        run_after = _as_utc(task.run_after) if task.run_after is not None else None
-        shared_tail = (
-            _to_db(vendor, run_after),
-            _to_db(vendor, run_after or now),  # available_at
-            _to_db(vendor, now),  # enqueued_at
-            _max_attempts(task),
-        )
-        shared_head = (task.module_path, task.queue_name, self.alias, int(task.priority))
-        ids = new_task_ids(len(encoded))
+        enqueued_at = _to_db(vendor, now)
+        ids = new_task_ids(len(entries))
+        # The columns a task decides, computed once per distinct task object of the call.
+        per_task: dict[int, tuple[str, str, str, int, Any, Any, int]] = {}
+        rows: list[_Row] = []
+        for result_id, (task, args_text, kwargs_text) in zip(ids, entries, strict=True):
+            shared = per_task.get(id(task))
+            if shared is None:
+                run_after = _as_utc(task.run_after) if task.run_after is not None else None
+                shared = per_task[id(task)] = (
+                    task.module_path,
+                    task.queue_name,
+                    self.alias,
+                    int(task.priority),
+                    _to_db(vendor, run_after),
+                    _to_db(vendor, run_after or now),  # available_at
+                    _max_attempts(task),
+                )
+            path, queue, alias, priority, run_after_db, available_at, max_attempts = shared
+            rows.append(
+                (
+                    result_id,
+                    path,
+                    queue,
+                    alias,
+                    priority,
+                    args_text,
+                    kwargs_text,
+                    run_after_db,
+                    available_at,
+                    enqueued_at,
+                    max_attempts,
+                )
+            )
 
-        total = len(encoded)
-        chunk_size = _chunk_size(connection) if total > 1 else 1
-        notify_pg = vendor == "postgresql" and self.listen_notify
+        notify = vendor == "postgresql" and self.listen_notify
         # Several statements must succeed or fail together, even in autocommit mode.
-        block = transaction.atomic(using=self.database_alias) if total > chunk_size else nullcontext()
+        several = len(rows) > BULK_CHUNK_SIZE
+        block = transaction.atomic(using=self.database_alias) if several else nullcontext()
         with block, connection.cursor() as cursor:
-            for start in range(0, total, chunk_size):
-                stop = min(start + chunk_size, total)
-                params: list[Any] = []
-                for i in range(start, stop):
-                    params.append(ids[i])
-                    params.extend(shared_head)
-                    params.extend(encoded[i])
-                    params.extend(shared_tail)
-                notify = notify_pg and stop == total
-                if notify:
-                    params.append(task.queue_name)
-                cursor.execute(_insert_sql(vendor, stop - start, notify), params)
+            for start in range(0, len(rows), BULK_CHUNK_SIZE):
+                chunk = rows[start : start + BULK_CHUNK_SIZE]
+                last = start + BULK_CHUNK_SIZE >= len(rows)
+                params: list[Any]
+                if len(rows) == 1:
+                    params = list(chunk[0])
+                elif vendor == "postgresql":
+                    params = [list(column) for column in zip(*chunk, strict=True)]
+                else:
+                    params = [_json.dumps(chunk)]
+                if notify and last:
+                    queues = sorted({task.queue_name for task, _, _ in entries})
+                    params.append(queues[0] if len(rows) == 1 else queues)
+                cursor.execute(_insert_sql(vendor, min(len(rows), 2), notify and last), params)
 
-        results = [
-            build_task_result(
+        results: list[TaskResult[..., Any]] = []
+        sender = type(self)
+        for result_id, (task, args_text, kwargs_text) in zip(ids, entries, strict=True):
+            result: TaskResult[..., Any] = TaskResult(
                 task=task,
                 id=result_id,
                 status=TaskResultStatus.READY,
@@ -284,10 +335,7 @@ class FastTasksBackend(BaseTaskBackend):
                 errors=[],
                 worker_ids=[],
             )
-            for result_id, (args_text, kwargs_text) in zip(ids, encoded, strict=True)
-        ]
-        sender = type(self)
-        for result in results:
+            results.append(result)
             task_enqueued.send(sender=sender, task_result=result)
         return results
 
@@ -413,20 +461,6 @@ def _max_attempts(task: Task[..., Any]) -> int:
     return value
 
 
-def _chunk_size(connection: BaseDatabaseWrapper) -> int:
-    """Rows per INSERT: BULK_CHUNK_SIZE unless the database's bound-parameter limit is lower."""
-    limit: int | None = connection.features.max_query_params
-    if connection.vendor == "sqlite":
-        # Django 5.2 assumes SQLite's old default of 999; ask the library (Python 3.11+).
-        connection.ensure_connection()
-        getlimit = getattr(connection.connection, "getlimit", None)
-        if getlimit is not None:
-            limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    if limit:
-        return max(1, min(BULK_CHUNK_SIZE, (limit - 1) // _PARAMS_PER_ROW))
-    return BULK_CHUNK_SIZE
-
-
 def _vendor_message(alias: str, database: str, vendor: str) -> str:
     return (
         f"TASKS[{alias!r}] stores tasks in database {database!r}, whose vendor {vendor!r} is not "
@@ -441,9 +475,9 @@ def enqueue_many(
     """Enqueue ``task`` once per ``(args, kwargs)`` pair; return the results in order.
 
     With a ``FastTasksBackend`` every item is validated and encoded first (a bad item raises and
-    nothing is written), then the rows are inserted with one statement per 500 items. With any other
-    backend this falls back to ``backend.enqueue`` item by item, so code using it also runs under
-    e.g. the ``ImmediateBackend`` or ``DummyBackend`` in tests.
+    nothing is written), then the rows are inserted with one statement per ``BULK_CHUNK_SIZE``
+    items. With any other backend this falls back to ``backend.enqueue`` item by item, so code using
+    it also runs under e.g. the ``ImmediateBackend`` or ``DummyBackend`` in tests.
     """
     backend = task.get_backend()
     if isinstance(backend, FastTasksBackend):
