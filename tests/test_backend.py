@@ -3,6 +3,7 @@ enqueue_many."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import subprocess
@@ -692,3 +693,113 @@ def test_enqueue_ids_are_time_ordered_uuid7() -> None:
     assert uuid.UUID(first.id).variant == uuid.RFC_4122
     assert first.id < second.id
     assert len(first.id) < 64
+
+
+# -- aenqueue: group commit --------------------------------------------------------------------------
+
+
+def _gather_enqueues(*calls: Any) -> list[Any]:
+    """Run ``(task, args)`` aenqueue calls concurrently on one event loop; exceptions are returned."""
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(task.aenqueue(*args) for task, args in calls), return_exceptions=True)
+
+    return async_to_sync(run)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_aenqueues_share_one_insert() -> None:
+    with CaptureQueriesContext(connection) as ctx:
+        results = _gather_enqueues(*[(tasks.add, (i, 1)) for i in range(40)])
+    assert len(_inserts(ctx)) <= 2  # one per call without group commit
+    assert len({r.id for r in results}) == 40
+    assert [r.args for r in results] == [[i, 1] for i in range(40)]
+    for result in results:
+        assert result.status == TaskResultStatus.READY
+        assert tasks.add.get_result(result.id) == result
+    assert TaskRecord.objects.count() == 40
+
+
+@pytest.mark.django_db(transaction=True)
+def test_grouped_aenqueues_keep_each_tasks_settings_and_a_bad_call_fails_alone() -> None:
+    received: list[Any] = []
+
+    def receiver(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        received.append(task_result)
+
+    task_enqueued.connect(receiver)
+    try:
+        results = _gather_enqueues(
+            (tasks.add, (1, 2)),
+            (tasks.send_email, ("a@example.com",)),
+            (tasks.add, (datetime.now(UTC), 2)),  # not JSON: fails at enqueue, in its own call
+            (tasks.add.using(priority=-7), (3, 4)),
+        )
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert isinstance(results[2], TypeError) and "args[0]" in str(results[2])
+    good = [results[0], results[1], results[3]]
+    assert received == good
+    rows = {row.id: row for row in TaskRecord.objects.all()}
+    assert set(rows) == {r.id for r in good}
+    assert (rows[results[1].id].queue_name, rows[results[1].id].priority) == ("emails", 5)
+    assert rows[results[1].id].task_path == "tests.tasks.send_email"
+    assert (rows[results[3].id].priority, rows[results[3].id].args) == (-7, [3, 4])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_group_insert_fails_every_call_of_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fasttasks.backend as backend_module
+
+    original = backend_module._insert_sql
+    monkeypatch.setattr(
+        backend_module,
+        "_insert_sql",
+        lambda *args: original(*args).replace("fasttasks_task", "fasttasks_no_such_table"),
+    )
+    results = _gather_enqueues(*[(tasks.add, (i, 1)) for i in range(5)])
+    assert all(isinstance(r, Exception) and "fasttasks_no_such_table" in str(r) for r in results)
+    monkeypatch.setattr(backend_module, "_insert_sql", original)
+    assert TaskRecord.objects.count() == 0
+    # The next calls on a new loop are not stuck behind the failed flush.
+    assert [r.args for r in _gather_enqueues((tasks.add, (7, 7)))] == [[7, 7]]
+
+
+@pytest.mark.skipif(not IS_PG, reason="LISTEN/NOTIFY is PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_a_group_notifies_each_queue_once(listener: Any) -> None:
+    _gather_enqueues((tasks.add, (1, 2)), (tasks.send_email, ("x",)), (tasks.add, (3, 4)))
+    assert sorted(_notifications(listener, 5, stop_after=2)) == ["default", "emails"]
+    assert _notifications(listener, 0.3) == []
+
+
+def test_task_results_built_directly_equal_the_constructors() -> None:
+    import dataclasses
+
+    from fasttasks import _results
+    from fasttasks.compat import TaskResult
+
+    fields: dict[str, Any] = {
+        "task": tasks.add,
+        "id": "some-id",
+        "status": TaskResultStatus.SUCCESSFUL,
+        "enqueued_at": datetime(2026, 1, 2, tzinfo=UTC),
+        "started_at": datetime(2026, 1, 3, tzinfo=UTC),
+        "finished_at": datetime(2026, 1, 4, tzinfo=UTC),
+        "last_attempted_at": datetime(2026, 1, 3, tzinfo=UTC),
+        "args": [1, {"a": [2.5, None]}],
+        "kwargs": {"b": "x"},
+        "backend": "default",
+        "errors": [TaskError(exception_class_path="builtins.ValueError", traceback="tb")],
+        "worker_ids": ["w1", "w2"],
+    }
+    built = _results.build_task_result(**fields, return_value={"r": 1})
+    expected = TaskResult(**fields)
+    object.__setattr__(expected, "_return_value", {"r": 1})
+    assert type(built) is TaskResult
+    assert built == expected
+    assert built.return_value == {"r": 1}
+    assert repr(built) == repr(expected)
+    assert dataclasses.replace(built, id="other").id == "other"
+    if not BACKPORT:
+        assert _results._BUILD_DIRECTLY, "Django's TaskResult changed: review fasttasks._results"
