@@ -91,7 +91,7 @@ pub struct WorkerConfig {
     /// Stop after claiming this many tasks.
     pub max_tasks: Option<u64>,
     /// The idle poll interval: how long the producer sleeps when nothing was due and no wake-up came.
-    /// Each sleep is jittered by up to ±10% so that many idle workers do not poll in step.
+    /// Each sleep is lengthened by up to 20% at random so that many idle workers do not poll in step.
     pub poll_interval: Duration,
     /// Listen for wake-ups (PostgreSQL LISTEN/NOTIFY, SQLite `data_version`). Off: poll only, e.g.
     /// behind a transaction-pooling PgBouncer, where LISTEN does not work.

@@ -571,9 +571,10 @@ impl Producer<'_> {
     }
 }
 
-/// `interval` ± up to 10%, so that idle workers started together do not poll the database in step.
+/// `interval` plus up to 20%, so that idle workers started together do not poll the database in step.
+/// Never shorter: an idle worker makes at most one claim per `--interval`.
 fn jittered(interval: Duration) -> Duration {
-    let factor = 0.9 + rand::random::<f64>() * 0.2;
+    let factor = 1.0 + rand::random::<f64>() * 0.2;
     interval.mul_f64(factor)
 }
 

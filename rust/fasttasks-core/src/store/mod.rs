@@ -71,6 +71,14 @@ impl Waker {
             Self::Sqlite(waker) => waker.wait(timeout).await,
         }
     }
+
+    /// Whether the waker sleeps until told (NOTIFY, file events) rather than polling the database.
+    pub fn is_event_driven(&self) -> bool {
+        match self {
+            Self::Postgres(_) => true,
+            Self::Sqlite(waker) => waker.uses_file_events(),
+        }
+    }
 }
 
 impl Store {

@@ -25,8 +25,8 @@ use crate::job::{ClaimedJob, NewJob, Outcome};
 use crate::time::{from_sqlite_text, to_sqlite_text};
 use crate::{Error, Result};
 
-/// How often the waker looks at `PRAGMA data_version`: one cheap read, so wake-up latency stays in
-/// the low milliseconds at negligible cost.
+/// Without file events, how often the waker looks at `PRAGMA data_version`: one cheap read, so wake-up
+/// latency stays in the low milliseconds at little cost.
 const WAKER_POLL: Duration = Duration::from_millis(5);
 
 /// Rows per insert statement (each chunk is one JSON array parameter).
@@ -212,11 +212,17 @@ pub struct SqliteStore {
 
 /// Watches `PRAGMA data_version` on a connection of its own. The value changes whenever another
 /// connection (another process, or this process's write connection) commits, and never for reads.
+///
+/// On Linux the waker reads it only when the database's files were written (inotify on their
+/// directory: a commit appends to the `-wal` file), so an idle worker makes no query at all and wakes
+/// within a millisecond of a commit. Where file events are unavailable (other systems, a file system
+/// without inotify), it polls every [`WAKER_POLL`].
 pub struct SqliteWaker {
     connection: SqliteConnection,
     /// The last value reported. Kept across calls, so a commit that lands between two waits still
     /// wakes the next one.
     seen: i64,
+    file_events: Option<file_events::FileEvents>,
 }
 
 impl SqliteWaker {
@@ -232,7 +238,100 @@ impl SqliteWaker {
             if now >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(WAKER_POLL.min(deadline - now)).await;
+            match self.file_events.as_mut() {
+                // The watch exists before the first look at data_version, so a commit after that look
+                // has an event waiting.
+                Some(events) => tokio::select! {
+                    written = events.next_write() => {
+                        if written.is_err() {
+                            self.file_events = None; // fall back to polling
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                },
+                None => tokio::time::sleep(WAKER_POLL.min(deadline - now)).await,
+            }
+        }
+    }
+
+    /// Whether wake-ups come from file events (false: polling).
+    pub fn uses_file_events(&self) -> bool {
+        self.file_events.is_some()
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod file_events {
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use futures_util::{FutureExt, StreamExt};
+    use inotify::{EventStream, Inotify, WatchMask};
+
+    /// Writes to one SQLite database's files (the database and its `-wal`), from inotify.
+    pub struct FileEvents {
+        stream: EventStream<Vec<u8>>,
+        names: [OsString; 2],
+    }
+
+    impl FileEvents {
+        /// Watches the directory rather than the files: SQLite deletes and recreates the `-wal` file.
+        pub fn watch(database: &Path) -> std::io::Result<Self> {
+            let name = database.file_name().ok_or(std::io::ErrorKind::InvalidInput)?.to_owned();
+            let directory = match database.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            let inotify = Inotify::init()?;
+            inotify.watches().add(
+                directory,
+                WatchMask::MODIFY | WatchMask::CLOSE_WRITE | WatchMask::CREATE | WatchMask::MOVED_TO,
+            )?;
+            let mut wal = name.clone();
+            wal.push("-wal");
+            Ok(Self { stream: inotify.into_event_stream(vec![0; 4096])?, names: [name, wal] })
+        }
+
+        /// Waits for a write to the database or its WAL, then takes every event already queued, so a
+        /// burst (our own completions while we were busy) costs one look at `data_version`, not one
+        /// per event. An error (or the end of the stream) means: stop using file events.
+        pub async fn next_write(&mut self) -> std::io::Result<()> {
+            loop {
+                let next = self.stream.next().await;
+                let mut relevant = self.is_relevant(next)?;
+                while let Some(queued) = self.stream.next().now_or_never() {
+                    relevant |= self.is_relevant(queued)?;
+                }
+                if relevant {
+                    return Ok(());
+                }
+            }
+        }
+
+        fn is_relevant(
+            &self,
+            event: Option<std::io::Result<inotify::Event<OsString>>>,
+        ) -> std::io::Result<bool> {
+            let event = event.ok_or(std::io::ErrorKind::UnexpectedEof)??;
+            // A queue overflow lost events: treat it as a write, the caller looks at data_version.
+            Ok(event.mask.contains(inotify::EventMask::Q_OVERFLOW)
+                || event.name.is_some_and(|name| self.names.contains(&name)))
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod file_events {
+    /// No file events here: the waker polls.
+    pub struct FileEvents;
+
+    impl FileEvents {
+        pub fn watch(_database: &std::path::Path) -> std::io::Result<Self> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+
+        pub async fn next_write(&mut self) -> std::io::Result<()> {
+            std::future::pending().await
         }
     }
 }
@@ -448,9 +547,12 @@ impl SqliteStore {
     pub async fn waker(&self) -> Result<SqliteWaker> {
         // Not from the pool: its one connection is for writes, and data_version only reports commits
         // of *other* connections.
-        let mut connection = SqliteConnection::connect_with(&self.pool.connect_options()).await?;
+        let options = self.pool.connect_options();
+        // Watch first, then read the version: a commit in between is seen by one or the other.
+        let file_events = file_events::FileEvents::watch(options.get_filename()).ok();
+        let mut connection = SqliteConnection::connect_with(&options).await?;
         let seen = data_version(&mut connection).await?;
-        Ok(SqliteWaker { connection, seen })
+        Ok(SqliteWaker { connection, seen, file_events })
     }
 
     pub async fn close(&self) {
