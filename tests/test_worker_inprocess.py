@@ -288,3 +288,30 @@ def test_connections_are_closed_after_each_task_as_after_a_request() -> None:
         result.refresh()
         assert result.status == TaskResultStatus.SUCCESSFUL
         assert result.return_value is False
+
+
+def test_async_tasks_connections_are_closed_after_each_task() -> None:
+    results = [worker_tasks.async_connection_was_open.enqueue() for _ in range(10)]
+    drain(concurrency=1)
+    for result in results:
+        result.refresh()
+    assert [r.status for r in results] == [TaskResultStatus.SUCCESSFUL] * 10
+    assert [r.return_value for r in results] == [False] * 10
+
+
+def _most_at_once(marks: list[str]) -> int:
+    running = most = 0
+    for line in marks:
+        running += 1 if line.startswith("start ") else -1
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_concurrency_bounds_coroutine_tasks_too(marks: Path, concurrency: int) -> None:
+    # Short tasks make the worker claim ahead; claimed-ahead coroutines must still wait for a slot.
+    for index in range(150):
+        worker_tasks.async_sleep_then_record.enqueue(str(marks), str(index), 0.002)
+    drain(concurrency=concurrency)
+    assert len(lines(marks)) == 300
+    assert _most_at_once(lines(marks)) == concurrency

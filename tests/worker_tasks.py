@@ -128,3 +128,19 @@ def connection_was_open() -> bool:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return was_open
+
+
+@task
+async def async_connection_was_open() -> bool:
+    """``connection_was_open`` for a coroutine task, through the async ORM's executor thread."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(connection_was_open.func)()
+
+
+@task
+async def async_sleep_then_record(path: str, marker: str, seconds: float) -> str:
+    _append(path, f"start {marker}")
+    await asyncio.sleep(seconds)
+    _append(path, f"end {marker}")
+    return marker

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections
+from django.db.backends.signals import connection_created
 
 from . import _json
 from ._results import build_task_result, task_for_row
@@ -66,6 +67,10 @@ class Runner:
         self._loop_lock = threading.Lock()
         self._is_coroutine: dict[Any, bool] = {}
         self._thread = threading.local()
+        # Whether asgiref's executor thread may hold connections: unknown at first (so: yes).
+        self._connections_elsewhere = True
+        self._connections_opened_elsewhere = 0
+        connection_created.connect(self._note_connection, weak=False, dispatch_uid=f"fasttasks-{id(self)}")
 
     # -- called by the Rust task threads ------------------------------------------------------------
 
@@ -75,6 +80,7 @@ class Runner:
         # end-of-task call below covers back-to-back tasks; a thread that sat idle checks again first,
         # because its connection may have expired or been dropped meanwhile.
         thread = self._thread
+        thread.is_task_thread = True
         if time.monotonic() - getattr(thread, "last_task_end", 0.0) >= IDLE_CONNECTION_CHECK:
             _close_old_connections()
         try:
@@ -109,6 +115,24 @@ class Runner:
         finally:
             _close_old_connections()
             thread.last_task_end = time.monotonic()
+
+    def _note_connection(self, sender: Any, **kwargs: Any) -> None:
+        # Task threads are Rust threads (Python calls them "Dummy-N"): execute() marks them.
+        if not getattr(self._thread, "is_task_thread", False):
+            self._connections_elsewhere = True
+            self._connections_opened_elsewhere += 1
+
+    async def _check_executor_connections(self) -> None:
+        if not self._connections_elsewhere:
+            return
+        opened_before = self._connections_opened_elsewhere
+        holds_connections = await sync_to_async(_close_old_connections)()
+        if not holds_connections and self._connections_opened_elsewhere == opened_before:
+            self._connections_elsewhere = False
+
+    def close(self) -> None:
+        """Stop listening for new connections (the worker is done with this runner)."""
+        connection_created.disconnect(dispatch_uid=f"fasttasks-{id(self)}")
 
     def thread_exit(self) -> None:
         """Called by each task thread when the worker stops: close that thread's connections."""
@@ -158,8 +182,11 @@ class Runner:
         kwargs: dict[str, Any],
     ) -> None:
         # The async ORM runs in asgiref's thread-sensitive executor: keep that thread's connections
-        # healthy around each task, as the sync path does for task threads.
-        await sync_to_async(close_old_connections)()
+        # healthy around each task, as the sync path does for task threads. Each check is a hop to
+        # that thread (tens of µs, one at a time for all coroutines), so it is skipped while that
+        # thread is known to hold no connection: after a check found none, until a connection is
+        # opened outside the task threads.
+        await self._check_executor_connections()
         try:
             func: Callable[..., Coroutine[Any, Any, Any]] = task.func
             if task.takes_context:
@@ -172,7 +199,7 @@ class Runner:
         else:
             self._succeed(reply, result, return_json, normalized)
         finally:
-            await sync_to_async(close_old_connections)()
+            await self._check_executor_connections()
 
     @staticmethod
     def _encode_return(value: Any) -> tuple[str, Any]:
@@ -234,18 +261,20 @@ class Runner:
 _setattr = object.__setattr__
 
 
-def _close_old_connections() -> None:
+def _close_old_connections() -> bool:
     """``django.db.close_old_connections``, skipped in a thread that has never opened a connection.
 
     Django's version costs a few microseconds even then (each alias is looked up in an asgiref
     ``Local``), a good part of a short task. A sync thread's connections live in the plain
     ``threading.local`` behind that ``Local``: when it holds nothing, there is nothing to close. Any
-    other layout (another asgiref version, async storage) takes Django's path.
+    other layout (another asgiref version, async storage) takes Django's path. Returns whether the
+    thread may hold connections.
     """
     storage = getattr(getattr(connections, "_connections", None), "_storage", None)
     if isinstance(storage, threading.local) and not storage.__dict__:
-        return
+        return False
     close_old_connections()
+    return True
 
 
 def _now() -> datetime:

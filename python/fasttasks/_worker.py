@@ -325,6 +325,7 @@ def run_worker(options: WorkerOptions) -> int:
         _supervise(worker, started)
     finally:
         signals.restore()
+        runner.close()
         _log_events(worker)
     from ._core import FastTasksError
 
