@@ -11,6 +11,7 @@ the whole worker, so many can wait at once; their ``reply`` is sent from the loo
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import threading
@@ -58,13 +59,21 @@ def exception_class_path(exc: BaseException) -> str:
 class Runner:
     """Runs attempts for one backend alias inside one worker process."""
 
-    def __init__(self, backend_alias: str, worker_id: str) -> None:
+    def __init__(self, backend_alias: str, worker_id: str, concurrency: int = 8) -> None:
         self.backend_alias = backend_alias
         self.worker_id = worker_id
+        # Sync tasks run on the worker's `concurrency` threads, so at most that many run; coroutine
+        # tasks give their thread back at once and are bounded here instead, on the loop: claim-ahead
+        # may hand over more than `concurrency`, and the extra ones wait for a slot.
+        self.concurrency = concurrency
+        self._coroutine_semaphore: asyncio.Semaphore | None = None
         # Signals are sent with the backend *class* as sender, as Django's contract documents.
         self.backend_class: type[Any] = type(task_backends[backend_alias])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        self._handed_over: collections.deque[Coroutine[Any, Any, None]] = collections.deque()
+        self._start_pending = False
+        self._running: set[asyncio.Task[None]] = set()
         self._is_coroutine: dict[Any, bool] = {}
         self._thread = threading.local()
         # Whether asgiref's executor thread may hold connections: unknown at first (so: yes).
@@ -92,16 +101,17 @@ class Runner:
             reply.fail(self._error_entry(job, exc))
             return
         task, result, args, kwargs = prepared
-        self._send(task_started, result)
         func = task.func
         is_coroutine = self._is_coroutine.get(func)
         if is_coroutine is None:
             is_coroutine = self._is_coroutine[func] = inspect.iscoroutinefunction(func)
         if is_coroutine:
+            # task_started is sent on the loop, when a coroutine slot is free and the task starts.
             coroutine = self._run_coroutine(job, reply, task, result, args, kwargs)
-            asyncio.run_coroutine_threadsafe(coroutine, self._event_loop())
+            self._start_on_loop(coroutine)
             thread.last_task_end = time.monotonic()  # this thread's part is done; the loop runs it
             return
+        self._send(task_started, result)
         try:
             if task.takes_context:
                 value = task.func(TaskContext(task_result=result), *args, **kwargs)
@@ -181,6 +191,25 @@ class Runner:
         args: list[Any],
         kwargs: dict[str, Any],
     ) -> None:
+        async with self._coroutine_slots():
+            await self._run_started_coroutine(job, reply, task, result, args, kwargs)
+
+    def _coroutine_slots(self) -> asyncio.Semaphore:
+        # Created on the loop, on first use.
+        if self._coroutine_semaphore is None:
+            self._coroutine_semaphore = asyncio.Semaphore(self.concurrency)
+        return self._coroutine_semaphore
+
+    async def _run_started_coroutine(
+        self,
+        job: Job,
+        reply: Reply,
+        task: Task[..., Any],
+        result: TaskResult[..., Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._send(task_started, result)
         # The async ORM runs in asgiref's thread-sensitive executor: keep that thread's connections
         # healthy around each task, as the sync path does for task threads. Each check is a hop to
         # that thread (tens of µs, one at a time for all coroutines), so it is skipped while that
@@ -247,6 +276,32 @@ class Runner:
                 )
 
     # -- the event loop for coroutine tasks ---------------------------------------------------------
+
+    def _start_on_loop(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Start ``coroutine`` on the event loop from a task thread.
+
+        Cheaper than ``asyncio.run_coroutine_threadsafe`` (no concurrent Future to chain, and one
+        wake-up of the loop for all the coroutines handed over while it was busy).
+        """
+        loop = self._event_loop()
+        self._handed_over.append(coroutine)
+        with self._loop_lock:
+            if self._start_pending:
+                return
+            self._start_pending = True
+        loop.call_soon_threadsafe(self._start_handed_over)
+
+    def _start_handed_over(self) -> None:
+        # On the loop. The flag goes down before the queue is emptied: a coroutine handed over in
+        # between is either taken here or gets a wake-up of its own.
+        with self._loop_lock:
+            self._start_pending = False
+        loop = self._event_loop()
+        while self._handed_over:
+            task = loop.create_task(self._handed_over.popleft())
+            # The loop keeps only weak references to tasks.
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:

@@ -62,7 +62,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=_positive_int,
         default=8,
-        help="Tasks run at once: task threads, and coroutine tasks in flight (default: 8).",
+        help=(
+            "Tasks run at once: this many task threads for sync tasks, and up to this many coroutine "
+            "tasks on the worker's event loop (default: 8)."
+        ),
     )
     parser.add_argument(
         "--prefetch",
@@ -289,7 +292,7 @@ def run_worker(options: WorkerOptions) -> int:
             "the worker runs fasttasks.backend.FastTasksBackend backends only"
         )
     worker_id = options.worker_id or default_worker_id()
-    runner = Runner(options.backend, worker_id)
+    runner = Runner(options.backend, worker_id, options.concurrency)
     worker = Worker(
         database_settings(backend.database_alias),
         runner,

@@ -208,9 +208,6 @@ pub struct Reply {
     id: String,
     lease_token: i64,
     route: Option<ReplyRoute>,
-    /// The execution slot this attempt runs in, if the executor took one (see [`RunSlots`]); freed
-    /// when the reply is sent or dropped, after the outcome.
-    run_permit: Option<RunPermit>,
 }
 
 #[derive(Debug)]
@@ -266,11 +263,6 @@ impl Slots {
 }
 
 impl Reply {
-    /// Keeps `permit` until this attempt's outcome is sent.
-    pub fn hold(&mut self, permit: RunPermit) {
-        self.run_permit = Some(permit);
-    }
-
     /// Sends the outcome of this attempt.
     pub fn send(mut self, kind: OutcomeKind) {
         self.deliver(kind);
@@ -308,55 +300,6 @@ impl Drop for Reply {
             });
             self.deliver(OutcomeKind::Failed { error_json: error.to_string(), retry_at: None });
         }
-    }
-}
-
-/// The execution slots of an executor: at most `concurrency` attempts run at once. Claim-ahead puts
-/// more tickets than that in the channel, and a coroutine task gives its thread back before it ends,
-/// so threads alone do not bound what runs: the executor takes a slot before starting a ticket
-/// ([`RunSlots::acquire`], blocking) and [`Reply::hold`]s it until the outcome is sent.
-#[derive(Debug)]
-pub struct RunSlots {
-    free: Mutex<usize>,
-    freed: std::sync::Condvar,
-}
-
-impl RunSlots {
-    pub fn new(concurrency: usize) -> Arc<Self> {
-        Arc::new(Self { free: Mutex::new(concurrency), freed: std::sync::Condvar::new() })
-    }
-
-    /// A free slot, if there is one now.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<RunPermit> {
-        let mut free = self.free.lock().unwrap_or_else(|poison| poison.into_inner());
-        if *free == 0 {
-            return None;
-        }
-        *free -= 1;
-        Some(RunPermit { slots: self.clone() })
-    }
-
-    /// Waits (blocking the thread) for a free slot.
-    pub fn acquire(self: &Arc<Self>) -> RunPermit {
-        let mut free = self.free.lock().unwrap_or_else(|poison| poison.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|poison| poison.into_inner());
-        }
-        *free -= 1;
-        RunPermit { slots: self.clone() }
-    }
-}
-
-/// One taken execution slot; dropping it frees the slot.
-#[derive(Debug)]
-pub struct RunPermit {
-    slots: Arc<RunSlots>,
-}
-
-impl Drop for RunPermit {
-    fn drop(&mut self) {
-        *self.slots.free.lock().unwrap_or_else(|poison| poison.into_inner()) += 1;
-        self.slots.freed.notify_one();
     }
 }
 
@@ -542,7 +485,6 @@ impl Producer<'_> {
                         stats: self.shared.stats.clone(),
                         slots: self.slots.clone(),
                     }),
-                    run_permit: None,
                 };
                 if let Err(returned) = self.ticket_sender.send(JobTicket { job, reply }) {
                     // No executor left (it shut down): give the job back instead of losing it.

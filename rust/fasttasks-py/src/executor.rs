@@ -3,12 +3,12 @@
 //! cost far more than a no-op task. A thread that finds a ticket waiting takes it without detaching at
 //! all. No Python ever runs on a tokio thread.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
 use fasttasks_core::job::{ClaimedJob, OutcomeKind};
-use fasttasks_core::worker::{self, JobTicket, RunSlots};
+use fasttasks_core::worker::{self, JobTicket};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
@@ -112,27 +112,18 @@ pub fn spawn_python_threads(
     tickets: &crossbeam_channel::Receiver<JobTicket>,
     runner: &Py<PyAny>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
-    // One slot per thread: a sync task holds its thread anyway; a coroutine task keeps its slot
-    // until it ends, so claimed-ahead tickets wait here instead of all starting on the event loop.
-    let run_slots = RunSlots::new(count);
     (0..count)
         .map(|index| {
             let tickets = tickets.clone();
             let runner = runner.clone_ref(py);
-            let run_slots = run_slots.clone();
             std::thread::Builder::new()
                 .name(format!("fasttasks-task-{index}"))
-                .spawn(move || Python::attach(|py| run_tickets(py, &runner, &tickets, &run_slots)))
+                .spawn(move || Python::attach(|py| run_tickets(py, &runner, &tickets)))
         })
         .collect()
 }
 
-fn run_tickets(
-    py: Python<'_>,
-    runner: &Py<PyAny>,
-    tickets: &crossbeam_channel::Receiver<JobTicket>,
-    run_slots: &Arc<RunSlots>,
-) {
+fn run_tickets(py: Python<'_>, runner: &Py<PyAny>, tickets: &crossbeam_channel::Receiver<JobTicket>) {
     let runner = runner.bind(py);
     let execute = match runner.getattr("execute") {
         Ok(execute) => execute,
@@ -145,7 +136,7 @@ fn run_tickets(
         // Take a waiting ticket without letting go of the interpreter; detach only to wait. Under
         // load this thread runs ticket after ticket while the others sleep, instead of handing the
         // GIL back and forth on every task.
-        let JobTicket { job, mut reply } = match tickets.try_recv() {
+        let JobTicket { job, reply } = match tickets.try_recv() {
             Ok(ticket) => ticket,
             Err(crossbeam_channel::TryRecvError::Empty) => match py.detach(|| tickets.recv()) {
                 Ok(ticket) => ticket,
@@ -153,12 +144,6 @@ fn run_tickets(
             },
             Err(crossbeam_channel::TryRecvError::Disconnected) => break,
         };
-        // A slot is free unless coroutine tasks hold them all; then wait for one without the GIL.
-        let permit = match run_slots.try_acquire() {
-            Some(permit) => permit,
-            None => py.detach(|| run_slots.acquire()),
-        };
-        reply.hold(permit);
         let reply = match Py::new(py, Reply::new(reply)) {
             Ok(reply) => reply,
             Err(error) => {
