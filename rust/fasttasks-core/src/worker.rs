@@ -38,8 +38,12 @@ const MAX_QUEUED_EVENTS: usize = 1_000;
 /// Claim-ahead covers what the executor starts in this much time at its recent pace. A claimed task
 /// waits for a slot about this long at most, so a task enqueued later at a higher priority (or another,
 /// idle worker) is kept waiting by claim-ahead no longer than this; in exchange claims are large
-/// enough that their cost per task is small. See [`WorkerConfig::prefetch`].
+/// enough that their cost per task is small. See [`WorkerConfig::prefetch`]. When claims themselves
+/// take longer (a busy database), the horizon grows to [`CLAIMS_PER_HORIZON`] claim durations, so
+/// that the executor does not run dry while the next claim is under way.
 pub const PREFETCH_HORIZON: Duration = Duration::from_millis(20);
+/// See [`PREFETCH_HORIZON`]. The producer refills at half the window: two claim durations of work.
+const CLAIMS_PER_HORIZON: f64 = 4.0;
 /// How often the producer re-measures the executor's pace.
 const PACE_SAMPLE: Duration = Duration::from_millis(10);
 
@@ -401,11 +405,17 @@ struct Pace {
     per_second: f64,
     sampled_at: Instant,
     returned_then: u64,
+    /// Smoothed duration of a claim that found work, in seconds.
+    claim_seconds: f64,
 }
 
 impl Pace {
     fn new() -> Self {
-        Self { per_second: 0.0, sampled_at: Instant::now(), returned_then: 0 }
+        Self { per_second: 0.0, sampled_at: Instant::now(), returned_then: 0, claim_seconds: 0.0 }
+    }
+
+    fn claimed_in(&mut self, took: Duration) {
+        self.claim_seconds = 0.7 * self.claim_seconds + 0.3 * took.as_secs_f64();
     }
 
     fn update(&mut self, returned_now: u64) {
@@ -422,7 +432,8 @@ impl Pace {
 
     /// How many claimed tickets may wait for a slot: what the executor starts within the horizon.
     fn prefetch_window(&self, max_prefetch: usize) -> usize {
-        ((self.per_second * PREFETCH_HORIZON.as_secs_f64()) as usize).min(max_prefetch)
+        let horizon = PREFETCH_HORIZON.as_secs_f64().max(CLAIMS_PER_HORIZON * self.claim_seconds);
+        ((self.per_second * horizon) as usize).min(max_prefetch)
     }
 }
 
@@ -456,6 +467,7 @@ impl Producer<'_> {
             }
             let wanted = remaining.map_or(free, |r| free.min(r.min(usize::MAX as u64) as usize));
             let idle_before_claim = self.batch_was_idle();
+            let claim_started = Instant::now();
             let claimed = match self.claim(wanted).await {
                 Ok(jobs) => {
                     backoff = MIN_BACKOFF;
@@ -473,6 +485,9 @@ impl Producer<'_> {
                 }
             };
             let got = claimed.len();
+            if got > 0 {
+                self.pace.claimed_in(claim_started.elapsed());
+            }
             self.claimed_total += got as u64;
             self.shared.stats.claimed.fetch_add(got as u64, Ordering::Relaxed);
             for job in claimed {
