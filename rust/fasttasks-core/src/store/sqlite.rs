@@ -28,6 +28,11 @@ use crate::{Error, Result};
 /// Without file events, how often the waker looks at `PRAGMA data_version`: one cheap read, so wake-up
 /// latency stays in the low milliseconds at little cost.
 const WAKER_POLL: Duration = Duration::from_millis(5);
+/// A file event comes when a commit *writes* the WAL; the commit becomes visible (and `data_version`
+/// changes) a moment later, through the shared-memory index, which makes no file event. So after an
+/// event the waker looks again every [`COMMIT_RECHECK`] for this long before sleeping on events again.
+const COMMIT_GRACE: Duration = Duration::from_millis(50);
+const COMMIT_RECHECK: Duration = Duration::from_millis(1);
 
 /// Rows per insert statement (each chunk is one JSON array parameter).
 const INSERT_CHUNK: usize = 1_000;
@@ -223,6 +228,8 @@ pub struct SqliteWaker {
     /// wakes the next one.
     seen: i64,
     file_events: Option<file_events::FileEvents>,
+    /// After a file event: keep looking at `data_version` until then (see [`COMMIT_GRACE`]).
+    recheck_until: Option<tokio::time::Instant>,
 }
 
 impl SqliteWaker {
@@ -238,15 +245,19 @@ impl SqliteWaker {
             if now >= deadline {
                 return Ok(false);
             }
+            if self.recheck_until.is_some_and(|until| now < until) {
+                tokio::time::sleep(COMMIT_RECHECK.min(deadline - now)).await;
+                continue;
+            }
+            self.recheck_until = None;
             match self.file_events.as_mut() {
                 // The watch exists before the first look at data_version, so a commit after that look
                 // has an event waiting.
                 Some(events) => tokio::select! {
-                    written = events.next_write() => {
-                        if written.is_err() {
-                            self.file_events = None; // fall back to polling
-                        }
-                    }
+                    written = events.next_write() => match written {
+                        Ok(()) => self.recheck_until = Some(tokio::time::Instant::now() + COMMIT_GRACE),
+                        Err(_) => self.file_events = None, // fall back to polling
+                    },
                     _ = tokio::time::sleep_until(deadline) => return Ok(false),
                 },
                 None => tokio::time::sleep(WAKER_POLL.min(deadline - now)).await,
@@ -552,7 +563,7 @@ impl SqliteStore {
         let file_events = file_events::FileEvents::watch(options.get_filename()).ok();
         let mut connection = SqliteConnection::connect_with(&options).await?;
         let seen = data_version(&mut connection).await?;
-        Ok(SqliteWaker { connection, seen, file_events })
+        Ok(SqliteWaker { connection, seen, file_events, recheck_until: None })
     }
 
     pub async fn close(&self) {
