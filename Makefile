@@ -58,18 +58,20 @@ lint: venv
 typecheck: build
 	$(VENV)/bin/mypy python/fasttasks
 
-# Drain benchmark, fasttasks vs django-tasks-db on SQLite and PostgreSQL in the same run; appends the
-# figures to benches/RESULTS.md (raw JSON in benches/out/).
+# The benchmark suite (benches/run.py; scenarios S1-S6, idle, ceiling), fasttasks vs django-tasks-db on
+# SQLite and PostgreSQL in the same run, median of 3 (~35 min); appends to benches/RESULTS.md, raw JSON in
+# benches/out/. Extra arguments: make bench BENCH_ARGS='--scenarios S1,S3 --worker-args "--concurrency 64"'
 bench: build
-	BENCH_MAKE_TARGET=bench $(PY) benches/run.py
+	BENCH_MAKE_TARGET=bench $(PY) benches/run.py $(BENCH_ARGS)
 
-# Smoke run of the same (CI): 2,000 tasks, once; checks that every scenario still runs, records nothing.
+# CI smoke run of the same: every scenario at tiny sizes, once, records nothing; fails if a scenario breaks
+# (a wrong task count, a worker that fails). No timing is asserted.
 bench-quick: build
-	BENCH_MAKE_TARGET=bench-quick $(PY) benches/run.py --quick
+	BENCH_MAKE_TARGET=bench-quick $(PY) benches/run.py --quick $(BENCH_ARGS)
 
-# Enqueue rate (S2a single enqueue(), S2c bulk), fasttasks vs django-tasks-db; appends to benches/RESULTS.md.
+# Enqueue rates only (S2a single enqueue(), S2b aenqueue() x8 coroutines, S2c bulk); appends to RESULTS.md.
 bench-enqueue: build
-	$(PY) benches/enqueue.py
+	BENCH_MAKE_TARGET=bench-enqueue $(PY) benches/run.py --scenarios S2a,S2b,S2c $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV52) target

@@ -1,151 +1,251 @@
 #!/usr/bin/env python
-"""Drain benchmark: fasttasks against django-tasks-db, on SQLite and PostgreSQL, in the same run.
+"""The benchmark suite: fasttasks against django-tasks-db ("dtdb"), SQLite and PostgreSQL, one run.
 
-For each database and each repetition, every scenario starts from a fresh database: migrate, enqueue N
-no-op tasks (not timed as part of the drain), then start the worker process(es) in ``--batch`` mode and
-time the drain until they have all exited. Scenarios:
+Scenarios (one module each in ``benches/scenarios/``; targets are issue 3's):
 
-- ``fasttasks``: one ``fasttasks-worker --batch --concurrency 8`` process;
-- ``django-tasks-db x1``: one ``manage.py db_worker --batch --no-startup-delay --interval 0`` process
-  (db_worker runs one task at a time);
-- ``django-tasks-db x2``: two such processes at once (one per core on a 2-core machine).
+    S1       drain 100,000 pre-enqueued no-op tasks, one fasttasks-worker (default flags + --batch)
+    S2a      task.enqueue() one call at a time, one thread, autocommit
+    S2b      await task.aenqueue() from 8 concurrent coroutines
+    S2c      bulk enqueue, 1,000 per fasttasks.enqueue_many() call
+    S3       enqueue-commit -> task-start latency, idle worker, 50 tasks/s open loop (p50/p90/p99/max)
+    S4       1 ms I/O tasks (async and sync) at --concurrency 16 / 64 / 256
+    S5       worker RSS while draining 1,000,000 no-op tasks
+    S6       S1 over 5,000,000 finished rows
+    idle     an idle worker's PostgreSQL transactions/s and CPU %
+    ceiling  the no-Python ceiling (Rust no-op executor), for reference
 
-Two figures per run: *wall* (worker processes start → all exited, so it includes Python/Django start-up)
-and *span* (first ``started_at`` → last ``finished_at`` as recorded in the database). Results go to
-``benches/out/*.json``; a full run that succeeded appends a dated section to ``benches/RESULTS.md``.
+Every repetition runs every selected scenario on every database for both implementations, interleaved
+(so that machine noise hits them alike), each on a fresh database; the summary gives the median (min-max)
+of the repetitions, the ratio to django-tasks-db, the target and whether it is met. django-tasks-db runs
+fewer tasks where its full size would take too long (the table says so); its figures are rates all the
+same. A full run writes ``benches/out/bench-<date>.json`` and appends a dated section to
+``benches/RESULTS.md``; it exits non-zero if any scenario failed (a wrong count, a worker that failed).
+Targets not met do not change the exit code.
 
-    .venv/bin/python benches/run.py                 # 20,000 tasks, 3 repetitions, both databases
-    .venv/bin/python benches/run.py --quick         # smoke run: 2,000 tasks, once, nothing recorded
-    .venv/bin/python benches/run.py --db sqlite --impl dtdb --tasks 5000
+    .venv/bin/python benches/run.py                     # make bench: everything, 3 repetitions (~35 min)
+    .venv/bin/python benches/run.py --quick             # make bench-quick: tiny sizes, once, records nothing
+    .venv/bin/python benches/run.py --scenarios S1,S3 --db sqlite --quick
+    .venv/bin/python benches/run.py --scenarios S1 --impl fasttasks --worker-args "--concurrency 64"
+    .venv/bin/python benches/run.py --scenarios S4 --size s4=5000,s4_dtdb=500 --repeat 1 --no-record
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import importlib.metadata
 import json
 import os
 import platform
 import shlex
+import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
-OUT_DIR = BENCH_DIR / "out"
-LOG_DIR = OUT_DIR / "logs"
-RESULTS_MD = BENCH_DIR / "RESULTS.md"
-BIN_DIR = Path(os.path.abspath(sys.executable)).parent
-PG_DB_NAME = os.environ.get("BENCH_PG_NAME", "fasttasks_bench")
-IMPL_LABELS = {"fasttasks": "fasttasks", "dtdb": "django-tasks-db"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import scenarios
+from _common import (
+    LOG_DIR,
+    OUT_DIR,
+    REPO_DIR,
+    BenchError,
+    Case,
+    Config,
+    Metrics,
+    Row,
+    Stats,
+    check_postgres,
+    pg_connect,
+    rel,
+    stat,
+)
 
-@dataclass
-class Scenario:
-    db: str  # sqlite | postgres
-    impl: str  # fasttasks | dtdb
-    procs: int
-    concurrency: int
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 
-    @property
-    def key(self) -> str:
-        return f"{self.db}/{self.impl}x{self.procs}"
+# Task counts and durations; keys ending in _dtdb are django-tasks-db's (smaller where it is ~100x slower).
+FULL_SIZES: dict[str, float] = {
+    "s1": 100_000,
+    "s1_dtdb": 10_000,
+    "s2a": 5_000,
+    "s2a_dtdb": 5_000,
+    "s2b": 5_000,
+    "s2b_dtdb": 5_000,
+    "s2c": 100_000,
+    "s2c_dtdb": 10_000,
+    "s3": 1_000,  # 20 s at 50/s, both implementations
+    "s4": 20_000,
+    "s4_dtdb": 2_000,
+    "s5": 1_000_000,
+    "s5_dtdb": 5_000,
+    "s5_reps": 1,
+    "rss_period": 0.5,
+    "s6_rows": 5_000_000,
+    "s6": 100_000,
+    "s6_dtdb": 10_000,
+    "idle_settle": 3,
+    "idle_window": 20,
+    "ceiling_reps": 1,
+}
+QUICK_SIZES: dict[str, float] = {
+    "s1": 2_000,
+    "s1_dtdb": 300,
+    "s2a": 300,
+    "s2a_dtdb": 300,
+    "s2b": 300,
+    "s2b_dtdb": 300,
+    "s2c": 5_000,
+    "s2c_dtdb": 300,
+    "s3": 100,
+    "s4": 1_000,
+    "s4_dtdb": 100,
+    "s5": 20_000,
+    "s5_dtdb": 300,
+    "s5_reps": 1,
+    "rss_period": 0.05,  # the quick drain lasts about a second
+    "s6_rows": 20_000,
+    "s6": 2_000,
+    "s6_dtdb": 300,
+    "idle_settle": 1,
+    "idle_window": 3,
+    "ceiling_reps": 1,
+}
 
-    @property
-    def label(self) -> str:
-        if self.impl == "fasttasks":
-            return f"fasttasks-worker --concurrency {self.concurrency}"
-        return f"django-tasks-db db_worker x{self.procs}"
-
-
-@dataclass
-class Run:
-    ok: bool
-    error: str | None = None
-    wall_s: float | None = None
-    span_s: float | None = None
-    enqueue_s: float | None = None
-    enqueue_method: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-    exit_codes: list[int | None] = field(default_factory=list)
-    logs: list[str] = field(default_factory=list)
+SETTINGS_NOTES = [
+    "fasttasks: `fasttasks-worker --batch --verbosity 0` with its default flags (concurrency 8) plus "
+    "`--worker-args`; S4 adds `--concurrency W`; S3 and idle run it without `--batch`",
+    "django-tasks-db: `manage.py db_worker --batch --no-startup-delay --interval 0 --verbosity 0` "
+    "(one process; two in S4); S3: `--interval 0.05` without `--batch`; idle: the default `--interval 1`",
+    "databases: one fresh database per measurement; CONN_MAX_AGE=600 for both; SQLite: WAL, "
+    "synchronous=NORMAL, timeout 20 s; ANALYZE of the task table after the (untimed) enqueue of a drain",
+    "drain rates (S1, S4, S5, S6) = tasks / span, span = first started_at -> last finished_at in the "
+    "database (no interpreter or Django start-up); `wall_rate` in the JSON includes them",
+    "enqueue for the drains: fasttasks.enqueue_many, 1,000 per call and transaction; django-tasks-db: "
+    "task.enqueue(), 1,000 per transaction; not timed",
+    "ratio = fasttasks / django-tasks-db for rates, django-tasks-db / fasttasks for latencies, memory "
+    "and idle cost (so > 1 always means fasttasks is better)",
+]
 
 
 def main() -> int:
     args = parse_args()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
+    lock = take_lock()  # noqa: F841 - held until exit
+    # SIGTERM runs the clean-up below (the S6 history is several GB) instead of dying on the spot.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sizes = dict(QUICK_SIZES if args.quick else FULL_SIZES)
+    sizes.update(args.size)
+    cfg = Config(
+        quick=args.quick,
+        repeat=args.repeat,
+        dbs=args.db,
+        impls=args.impl,
+        sizes=sizes,
+        worker_args=shlex.split(args.worker_args),
+    )
+    selected = set(args.scenarios)
+    began, started_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
+    print(f"# benchmark suite: {', '.join(args.scenarios)}; {', '.join(cfg.dbs)}; {', '.join(cfg.impls)}")
+    print(f"# {cfg.repeat} repetition(s){' (quick)' if cfg.quick else ''}; {machine_line()}", flush=True)
+    if "postgres" in cfg.dbs:
+        cfg.pg_error = check_postgres()
+        if cfg.pg_error:
+            print(f"PostgreSQL is not reachable: {cfg.pg_error}", file=sys.stderr)
+            print("(start it, or run with --db sqlite)", file=sys.stderr)
+            return 1
 
-    scenarios: list[Scenario] = []
-    for db in args.db:
-        for impl in args.impl:
-            for procs in [1] if impl == "fasttasks" else args.dtdb_procs:
-                scenarios.append(Scenario(db, impl, procs, args.concurrency))
+    cases: list[Case] = [c for module in scenarios.MODULES for c in module.cases(cfg, selected)]
+    order = {s: i for i, s in enumerate(scenarios.ALL)}
+    cases.sort(key=lambda c: order[c.scenario])  # stable: keeps each module's db/impl interleaving
+    runs: list[dict[str, Any]] = []
+    try:
+        for rep in range(1, cfg.repeat + 1):
+            for case in cases:
+                if case.max_reps is not None and rep > case.max_reps:
+                    continue
+                runs.extend(run_case(cfg, case, rep, began))
+    finally:
+        for module in scenarios.MODULES:
+            cleanup = getattr(module, "cleanup", None)
+            if cleanup is not None:
+                cleanup()
 
-    pg_error = check_postgres() if "postgres" in args.db else None
-    started_at = dt.datetime.now(dt.timezone.utc)
-    print(f"# drain benchmark: {args.tasks:,} no-op tasks, {args.repeat} repetition(s)", flush=True)
-    print(f"# {machine_line()}", flush=True)
-    if pg_error:
-        print(f"# PostgreSQL unavailable: {pg_error}", flush=True)
-
-    runs: dict[str, list[Run]] = {s.key: [] for s in scenarios}
-    for rep in range(1, args.repeat + 1):
-        for scenario in scenarios:  # interleaved, so that machine noise hits every scenario alike
-            tag = f"[{rep}/{args.repeat}] {scenario.db:8} {scenario.label}"
-            print(f"{tag} ...", end="", flush=True)
-            if scenario.db == "postgres" and pg_error:
-                run = Run(ok=False, error=f"PostgreSQL unavailable: {pg_error}")
-            else:
-                run = run_scenario(scenario, args.tasks, rep, args.timeout)
-            runs[scenario.key].append(run)
-            if run.ok:
-                assert run.wall_s is not None
-                span = f", span {args.tasks / run.span_s:,.0f}/s" if run.span_s else ""
-                print(f" {run.wall_s:.2f} s, {args.tasks / run.wall_s:,.0f} tasks/s{span}", flush=True)
-            else:
-                print(" FAILED", flush=True)
-                print(indent(run.error or "unknown error"), flush=True)
-
-    summary = summarize(scenarios, runs, args.tasks)
+    stats = aggregate(runs)
+    rows = [row for module in scenarios.MODULES for row in module.rows(cfg, stats, selected)]
+    rows.sort(key=lambda r: order[r.scenario])
+    failed = [r for r in runs if not r["ok"]]
+    elapsed = time.perf_counter() - began
     print()
-    print(render_table(summary, args.tasks))
-    failed = [s for s in summary if s["failed_runs"]]
+    print(render_text(rows, cfg.quick))
+    print(f"\n{len(runs) - len(failed)} measurement(s) ok, {len(failed)} failed, in {elapsed / 60:.1f} min")
 
     report = {
-        "kind": "drain",
+        "kind": "suite",
         "date": started_at.isoformat(timespec="seconds"),
-        "command": command_line(args),
-        "tasks": args.tasks,
-        "repeat": args.repeat,
+        "command": command_line(),
+        "quick": cfg.quick,
+        "repeat": cfg.repeat,
+        "scenarios": args.scenarios,
+        "databases": cfg.dbs,
+        "implementations": cfg.impls,
+        "worker_args": cfg.worker_args,
+        "sizes": cfg.sizes,
+        "elapsed_s": elapsed,
         "machine": machine_info(),
-        "versions": versions(pg_error),
-        "settings": SETTINGS_NOTE,
-        "scenarios": summary,
-        "runs": {key: [asdict(r) for r in rs] for key, rs in runs.items()},
+        "versions": versions(),
+        "settings": SETTINGS_NOTES,
+        "summary": [asdict(r) for r in rows],
+        "stats": [
+            {"scenario": k[0], "variant": k[1], "db": k[2], "impl": k[3], "metrics": v}
+            for k, v in stats.items()
+        ],
+        "runs": runs,
     }
-    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
-    out_file = OUT_DIR / f"{'quick' if args.quick else 'drain'}-{stamp}.json"
+    if cfg.quick:
+        out_file = OUT_DIR / "quick.json"  # the quick run records nothing: overwritten every time
+    else:
+        out_file = OUT_DIR / f"bench-{started_at.strftime('%Y%m%dT%H%M%SZ')}.json"
     out_file.write_text(json.dumps(report, indent=2) + "\n")
-    (OUT_DIR / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults: {out_file.relative_to(REPO_DIR)}")
+    print(f"raw results: {rel(out_file)}")
 
     if failed:
-        print(f"\n{len(failed)} scenario(s) FAILED: " + ", ".join(s["key"] for s in failed), file=sys.stderr)
+        print(f"\n{len(failed)} measurement(s) FAILED:", file=sys.stderr)
+        for r in failed:
+            print(f"  - {r['label']} (repetition {r['rep']}): {first_line(r['error'])}", file=sys.stderr)
         if args.record:
-            print("benches/RESULTS.md not updated (it only records runs where every scenario succeeded)")
+            print("benches/RESULTS.md not updated (it only records runs where everything succeeded)")
         return 1
     if args.record:
-        append_results_md(report, summary)
+        append_results_md(report, rows)
         print("appended to benches/RESULTS.md")
     return 0
+
+
+def take_lock() -> Any:
+    """One benchmark at a time: runs share the databases (and two would measure each other)."""
+    fh = (OUT_DIR / ".lock").open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        print(
+            f"# waiting for another benchmark run to finish ({fh.read().strip() or 'unknown'}) ...",
+            flush=True,
+        )
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}, started {dt.datetime.now().isoformat(timespec='seconds')}\n")
+    fh.flush()
+    return fh
 
 
 def parse_args() -> argparse.Namespace:
@@ -153,368 +253,207 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--tasks", type=int, default=None, help="tasks per drain (default 20,000; quick 2,000)"
+        "--scenarios",
+        default=None,
+        help=f"comma list of {','.join(scenarios.ALL)} (default: all; --quick: all but ceiling)",
     )
-    parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; quick 1)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: few tasks, once, not recorded")
     parser.add_argument("--db", default="sqlite,postgres", help="comma list of sqlite,postgres")
     parser.add_argument("--impl", default="fasttasks,dtdb", help="comma list of fasttasks,dtdb")
-    parser.add_argument("--dtdb-procs", default="1,2", help="db_worker process counts to run (default 1,2)")
-    parser.add_argument("--concurrency", type=int, default=8, help="fasttasks-worker --concurrency")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds before a drain is killed")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, once, nothing recorded")
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; --quick 1)")
+    parser.add_argument(
+        "--worker-args",
+        default="",
+        help='extra fasttasks-worker flags for every scenario, e.g. "--concurrency 64" (S4 still sets W)',
+    )
+    parser.add_argument(
+        "--size",
+        default="",
+        help="override sizes, e.g. s1=50000,s1_dtdb=2000,s6_rows=1000000 (keys: "
+        + ", ".join(FULL_SIZES)
+        + ")",
+    )
     record = parser.add_mutually_exclusive_group()
     record.add_argument("--record", dest="record", action="store_true", default=None)
-    record.add_argument("--no-record", dest="record", action="store_false", help="do not touch RESULTS.md")
+    record.add_argument(
+        "--no-record", dest="record", action="store_false", help="do not append to RESULTS.md"
+    )
     args = parser.parse_args()
-    args.tasks = args.tasks or (2_000 if args.quick else 20_000)
+    default = scenarios.QUICK if args.quick else scenarios.ALL
+    args.scenarios = split_choices(parser, "--scenarios", args.scenarios or ",".join(default), scenarios.ALL)
+    args.db = split_choices(parser, "--db", args.db, ("sqlite", "postgres"))
+    args.impl = split_choices(parser, "--impl", args.impl, ("fasttasks", "dtdb"))
     args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.repeat < 1:
+        parser.error("--repeat must be positive")
     if args.record is None:
         args.record = not args.quick
-    args.timeout = args.timeout or max(300.0, args.tasks / 20)
-    args.db = split_choices(parser, "--db", args.db, {"sqlite", "postgres"})
-    args.impl = split_choices(parser, "--impl", args.impl, {"fasttasks", "dtdb"})
-    args.dtdb_procs = [int(n) for n in args.dtdb_procs.split(",") if n.strip()]
-    if args.tasks < 1 or args.repeat < 1 or args.concurrency < 1 or not all(n >= 1 for n in args.dtdb_procs):
-        parser.error("--tasks, --repeat, --concurrency and --dtdb-procs must be positive")
+    sizes = {}
+    for item in filter(None, (s.strip() for s in args.size.split(","))):
+        key, _, value = item.partition("=")
+        if key not in FULL_SIZES or not value:
+            parser.error(f"--size: unknown or empty {item!r}")
+        try:
+            sizes[key] = float(value)
+        except ValueError:
+            parser.error(f"--size: {item!r} is not a number")
+    args.size = sizes
     return args
 
 
-def split_choices(parser: argparse.ArgumentParser, flag: str, value: str, allowed: set[str]) -> list[str]:
+def split_choices(
+    parser: argparse.ArgumentParser, flag: str, value: str, allowed: tuple[str, ...]
+) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
     if bad or not items:
-        parser.error(f"{flag}: choose from {', '.join(sorted(allowed))}")
-    return items
+        parser.error(f"{flag}: choose from {', '.join(allowed)}")
+    return [a for a in allowed if a in items]  # canonical order
 
 
-# --- one scenario -------------------------------------------------------------------------------------
+# --- running ----------------------------------------------------------------------------------------
 
 
-def scenario_env(scenario: Scenario) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        BENCH_DB=scenario.db,
-        BENCH_IMPL=scenario.impl,
-        BENCH_SQLITE_PATH=str(OUT_DIR / "bench.sqlite3"),
-        BENCH_PG_NAME=PG_DB_NAME,
-        DJANGO_SETTINGS_MODULE="benchproj.settings",
-        PYTHONUNBUFFERED="1",
-    )
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
-    return env
-
-
-def run_scenario(scenario: Scenario, tasks: int, rep: int, timeout: float) -> Run:
-    env = scenario_env(scenario)
+def run_case(cfg: Config, case: Case, rep: int, began: float) -> list[dict[str, Any]]:
+    clock = time.perf_counter() - began
+    print(f"[{clock / 60:5.1f} min] [{rep}/{cfg.repeat}] {case.label} ...", end="", flush=True)
+    t0 = time.perf_counter()
     try:
-        reset_database(scenario.db)
+        if case.run_many is not None:
+            measured = case.run_many(cfg, rep)
+        else:
+            assert case.run is not None
+            measured = {(case.db, case.impl): case.run(cfg, rep)}
     except Exception as exc:
-        return Run(ok=False, error=f"could not recreate the {scenario.db} database: {exc!r}")
-
-    prep = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "_child.py"), "prepare", str(tasks)],
-        cwd=BENCH_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if prep.returncode != 0:
-        return Run(ok=False, error=f"migrate/enqueue failed (exit {prep.returncode}):\n{tail(prep.stderr)}")
-    prepared = json.loads(prep.stdout.strip().splitlines()[-1])
-
-    commands = worker_commands(scenario)
-    if isinstance(commands, str):
-        return Run(ok=False, error=commands, enqueue_s=prepared["enqueue_s"])
-
-    logs: list[Path] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    started = time.perf_counter()
-    for i, cmd in enumerate(commands):
-        log = LOG_DIR / f"{scenario.db}-{scenario.impl}x{scenario.procs}-r{rep}-p{i + 1}.log"
-        logs.append(log)
-        with log.open("wb") as fh:
-            fh.write(f"$ {shlex.join(cmd)}\n".encode())
-            fh.flush()
-            procs.append(
-                subprocess.Popen(cmd, cwd=BENCH_DIR, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh)
-            )
-    exit_codes: list[int | None] = []
-    deadline = started + timeout
-    for proc in procs:
-        try:
-            exit_codes.append(proc.wait(timeout=max(0.0, deadline - time.perf_counter())))
-        except subprocess.TimeoutExpired:
-            exit_codes.append(None)
-    wall = time.perf_counter() - started
-    for proc, code in zip(procs, exit_codes, strict=True):
-        if code is None:
-            proc.kill()
-            proc.wait()
-
-    inspected = inspect(env)
-    run = Run(
-        ok=False,
-        wall_s=wall,
-        enqueue_s=prepared["enqueue_s"],
-        enqueue_method=prepared["enqueue_method"],
-        counts=inspected.get("counts", {}),
-        exit_codes=exit_codes,
-        logs=[str(p.relative_to(REPO_DIR)) for p in logs],
-        span_s=span_seconds(inspected.get("first_start"), inspected.get("last_finish")),
-    )
-    problems = []
-    if None in exit_codes:
-        problems.append(f"killed after the {timeout:.0f} s timeout")
-    if any(code not in (0, None) for code in exit_codes):
-        problems.append(f"worker exit codes {exit_codes}")
-    if "error" in inspected:
-        problems.append(f"could not read the results: {inspected['error']}")
-    elif run.counts != {"SUCCESSFUL": tasks}:
-        problems.append(f"expected {{'SUCCESSFUL': {tasks}}} in the database, found {run.counts}")
-    if problems:
-        log_tails = "\n".join(
-            f"--- {p.relative_to(REPO_DIR)} (last lines):\n{tail(p.read_text())}" for p in logs
-        )
-        run.error = "; ".join(problems) + "\n" + log_tails
-    else:
-        run.ok = True
-    return run
-
-
-def worker_commands(scenario: Scenario) -> list[list[str]] | str:
-    if scenario.impl == "fasttasks":
-        exe = BIN_DIR / "fasttasks-worker"
-        if not exe.exists():
-            return f"{exe} not found: build fasttasks into this venv first (make build)"
+        error = str(exc) if isinstance(exc, BenchError) else traceback.format_exc()
+        print(f" FAILED ({time.perf_counter() - t0:.0f} s)\n{indent(error)}", flush=True)
         return [
-            [
-                str(exe),
-                "--batch",
-                "--concurrency",
-                str(scenario.concurrency),
-                "--settings",
-                "benchproj.settings",
-                "--pythonpath",
-                str(BENCH_DIR),
-                "--verbosity",
-                "0",
-            ]
-        ]
-    # django-tasks-db's recommended settings for throughput: no start-up jitter, no sleep between tasks.
-    cmd = [sys.executable, "manage.py", "db_worker", "--batch", "--no-startup-delay", "--interval", "0"]
-    return [[*cmd, "--verbosity", "0"] for _ in range(scenario.procs)]
-
-
-def inspect(env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "_child.py"), "inspect"],
-        cwd=BENCH_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        return {"error": tail(proc.stderr)}
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
-def span_seconds(first: str | None, last: str | None) -> float | None:
-    if not first or not last:
-        return None
-    try:
-        a, b = dt.datetime.fromisoformat(first), dt.datetime.fromisoformat(last)
-        if (a.tzinfo is None) != (b.tzinfo is None):
-            a, b = a.replace(tzinfo=None), b.replace(tzinfo=None)
-        seconds = (b - a).total_seconds()
-    except ValueError:
-        return None
-    return seconds if seconds > 0 else None
-
-
-# --- databases ----------------------------------------------------------------------------------------
-
-
-def pg_connect(dbname: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(
-        host=os.environ.get("PGHOST", "127.0.0.1"),
-        port=os.environ.get("PGPORT", "5432"),
-        user=os.environ.get("PGUSER", "postgres"),
-        password=os.environ.get("PGPASSWORD") or None,
-        dbname=dbname,
-        autocommit=True,
-        connect_timeout=5,
-    )
-
-
-def check_postgres() -> str | None:
-    try:
-        with pg_connect("postgres") as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}".strip()
-    return None
-
-
-def reset_database(db: str) -> None:
-    if db == "sqlite":
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            (OUT_DIR / f"bench.sqlite3{suffix}").unlink(missing_ok=True)
-        return
-    from psycopg import sql
-
-    with pg_connect("postgres") as conn:
-        name = sql.Identifier(PG_DB_NAME)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
-
-
-# --- reporting ----------------------------------------------------------------------------------------
-
-SETTINGS_NOTE = {
-    "fasttasks": "fasttasks-worker --batch --concurrency C --verbosity 0",
-    "django-tasks-db": "manage.py db_worker --batch --no-startup-delay --interval 0 --verbosity 0, "
-    "P processes at once",
-    "databases": "CONN_MAX_AGE=600 for both; SQLite: WAL, synchronous=NORMAL, timeout 20 s; "
-    "ANALYZE of the task table after enqueue",
-    "enqueue": "not timed in the drain; fasttasks.enqueue_many for fasttasks, task.enqueue() for "
-    "django-tasks-db (it has no bulk enqueue), in one transaction",
-    "wall": "worker processes start -> all exited (includes interpreter and Django start-up)",
-    "span": "first started_at -> last finished_at recorded in the database",
-}
-
-
-def summarize(scenarios: list[Scenario], runs: dict[str, list[Run]], tasks: int) -> list[dict[str, Any]]:
-    out = []
-    for s in scenarios:
-        rs = runs[s.key]
-        good = [r for r in rs if r.ok and r.wall_s]
-        wall_rates = [tasks / r.wall_s for r in good if r.wall_s]
-        span_rates = [tasks / r.span_s for r in good if r.span_s]
-        out.append(
             {
-                "key": s.key,
-                "db": s.db,
-                "impl": IMPL_LABELS[s.impl],
-                "processes": s.procs,
-                "concurrency": s.concurrency if s.impl == "fasttasks" else 1,
-                "label": s.label,
-                "ok_runs": len(good),
-                "failed_runs": len(rs) - len(good),
-                "first_error": next((r.error for r in rs if not r.ok), None),
-                "wall_tasks_per_s": stats(wall_rates),
-                "span_tasks_per_s": stats(span_rates),
-                "enqueue_tasks_per_s": stats([tasks / r.enqueue_s for r in good if r.enqueue_s]),
+                "scenario": case.scenario,
+                "variant": case.variant,
+                "db": case.db,
+                "impl": case.impl,
+                "rep": rep,
+                "label": case.label,
+                "ok": False,
+                "error": error,
+                "metrics": {},
             }
-        )
-    by_key = {s["key"]: s for s in out}
-    for s in out:
-        if s["impl"] != "fasttasks":
+        ]
+    print(f" {brief(measured)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return [
+        {
+            "scenario": case.scenario,
+            "variant": case.variant,
+            "db": db,
+            "impl": impl,
+            "rep": rep,
+            "label": case.label,
+            "ok": True,
+            "error": None,
+            "metrics": metrics,
+        }
+        for (db, impl), metrics in measured.items()
+    ]
+
+
+def brief(measured: dict[tuple[str, str], Metrics]) -> str:
+    parts = []
+    for (db, impl), m in measured.items():
+        bits = []
+        if "rate" in m:
+            bits.append(f"{m['rate']:,.0f}/s")
+        if "p50" in m:
+            bits.append(f"p50 {m['p50']:.2f} ms, p99 {m['p99']:.2f} ms, max {m['max']:.1f} ms")
+        if "rss_max_mb" in m:
+            bits.append(
+                f"RSS mark {m['rss_mark_mb']:.1f} / end {m['rss_end_mb']:.1f} / max {m['rss_max_mb']:.1f} MB"
+            )
+        if "xacts_per_s" in m:
+            bits.append(f"{m['xacts_per_s']:.2f} xact/s")
+        if "cpu_pct" in m:
+            bits.append(f"CPU {m['cpu_pct']:.2f} %")
+        text = ", ".join(bits)
+        parts.append(f"{db}/{impl}: {text}" if len(measured) > 1 else text)
+    return "; ".join(parts)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> Stats:
+    values: dict[tuple[str, str, str, str], dict[str, list[float]]] = {}
+    for r in runs:
+        if not r["ok"]:
             continue
-        ratios = {}
-        for other in out:
-            if other["db"] == s["db"] and other["impl"] != "fasttasks":
-                ratios[f"vs_dtdb_x{other['processes']}"] = {
-                    kind: ratio(s[kind], other[kind]) for kind in ("wall_tasks_per_s", "span_tasks_per_s")
-                }
-        by_key[s["key"]]["ratios"] = ratios
+        per_metric = values.setdefault((r["scenario"], r["variant"], r["db"], r["impl"]), {})
+        for name, value in r["metrics"].items():
+            per_metric.setdefault(name, []).append(float(value))
+    out: Stats = {}
+    for key, per_metric in values.items():
+        out[key] = {name: st for name, vs in per_metric.items() if (st := stat(vs)) is not None}
     return out
 
 
-def stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+# --- reporting --------------------------------------------------------------------------------------
+
+HEAD = ["id", "scenario", "db", "fasttasks", "django-tasks-db", "ratio", "target", "met"]
 
 
-def ratio(a: dict[str, float] | None, b: dict[str, float] | None) -> float | None:
-    if not a or not b or not b["median"]:
-        return None
-    return a["median"] / b["median"]
+def row_cells(r: Row) -> list[str]:
+    return [r.scenario, r.what, r.db, r.fasttasks, r.dtdb, r.ratio, r.target, r.met]
 
 
-def fmt_stats(st: dict[str, float] | None) -> str:
-    if not st:
-        return "—"
-    if st["n"] == 1:
-        return f"{st['median']:,.0f}"
-    return f"{st['median']:,.0f} ({st['min']:,.0f}-{st['max']:,.0f})"
+def grouped(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
+    """Rows of the same scenario and description together (one per database), in first-seen order."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.scenario, r.what), []).append(r)
+    return groups
 
 
-def fmt_ratio(r: float | None) -> str:
-    return f"{r:.1f}x" if r is not None else "n/a"
-
-
-def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for s in summary:
-        status = (
-            "ok" if not s["failed_runs"] else f"FAILED {s['failed_runs']}/{s['ok_runs'] + s['failed_runs']}"
+def render_text(rows: list[Row], quick: bool) -> str:
+    """The summary for the terminal: one block per scenario row (the descriptions are long)."""
+    lines = ["summary: median (min-max) over the repetitions; ratio > 1 = fasttasks better"]
+    if quick:
+        lines.append(
+            "(quick run: tiny sizes, so the figures and the targets say little; nothing is recorded)"
         )
-        rows.append(
-            [
-                s["db"],
-                s["label"],
-                str(s["processes"]),
-                fmt_stats(s["wall_tasks_per_s"]),
-                fmt_stats(s["span_tasks_per_s"]),
-                status,
-            ]
-        )
-    return rows
-
-
-TABLE_HEAD = ["database", "worker", "processes", "tasks/s wall", "tasks/s span", "runs"]
-
-
-def ratio_lines(summary: list[dict[str, Any]]) -> list[str]:
-    lines = []
-    for s in summary:
-        for name, r in s.get("ratios", {}).items():
-            procs = name.rsplit("x", 1)[1]
+    for (scenario, what), members in grouped(rows).items():
+        lines.append(f"\n{scenario}: {what}")
+        for r in members:
+            if r.met:
+                goal = f"  [{'met' if r.met == 'yes' else 'NOT met'}: {r.target}]"
+            else:
+                goal = f"  [{r.target}]" if r.target else ""
             lines.append(
-                f"{s['db']}: fasttasks / django-tasks-db x{procs} = "
-                f"{fmt_ratio(r['wall_tasks_per_s'])} (wall), {fmt_ratio(r['span_tasks_per_s'])} (span)"
+                f"  {r.db:8}  fasttasks {r.fasttasks}  |  dtdb {r.dtdb}  |  ratio {r.ratio or '-'}{goal}"
             )
-    return lines
-
-
-def render_table(summary: list[dict[str, Any]], tasks: int) -> str:
-    rows = [TABLE_HEAD, *table_rows(summary)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEAD))]
-    lines = [f"drain of {tasks:,} no-op tasks (median, min-max when repeated)"]
-    for i, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("")
-    lines.extend(ratio_lines(summary) or ["(no ratio: a fasttasks or django-tasks-db scenario is missing)"])
     return "\n".join(lines)
 
 
-def append_results_md(report: dict[str, Any], summary: list[dict[str, Any]]) -> None:
+def append_results_md(report: dict[str, Any], rows: list[Row]) -> None:
     m, v = report["machine"], report["versions"]
     date = dt.datetime.fromisoformat(report["date"]).strftime("%Y-%m-%d %H:%M UTC")
+    met = [r for r in rows if r.met]
     md = [
         "",
-        f"## {date} — drain {report['tasks']:,} no-op tasks, {report['repeat']} run(s) each",
+        f"## {date} — benchmark suite ({', '.join(report['scenarios'])}), median (min-max) of "
+        f"{report['repeat']} repetitions",
         "",
-        f"- Command: `{report['command']}`",
+        f"- Command: `{report['command']}` ({report['elapsed_s'] / 60:.0f} min)",
         f"- Machine: {m['nproc']} CPUs (nproc), {m['cpu_model']}, {m['memory']}, {m['platform']}",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None),
-        f"- fasttasks: `{SETTINGS_NOTE['fasttasks']}`; django-tasks-db: `{SETTINGS_NOTE['django-tasks-db']}`",
-        f"- Databases: {SETTINGS_NOTE['databases']}; enqueue: {SETTINGS_NOTE['enqueue']}",
-        f"- wall = {SETTINGS_NOTE['wall']}; span = {SETTINGS_NOTE['span']}",
+        *(f"- {note}" for note in SETTINGS_NOTES),
+        f"- fasttasks-worker extra flags (`--worker-args`): `{shlex.join(report['worker_args']) or 'none'}`",
+        f"- S5 and the ceiling: {report['sizes']['s5_reps']:g} and {report['sizes']['ceiling_reps']:g} "
+        "repetition(s) (long drains); the other scenarios every repetition",
+        f"- Targets met: {sum(r.met == 'yes' for r in met)} of {len(met)}",
         "",
-        "| " + " | ".join(TABLE_HEAD) + " |",
-        "|" + "|".join("---" for _ in TABLE_HEAD) + "|",
-        *("| " + " | ".join(row) + " |" for row in table_rows(summary)),
-        "",
-        *(f"- {line}" for line in ratio_lines(summary)),
+        "| " + " | ".join(HEAD) + " |",
+        "|" + "|".join("---" for _ in HEAD) + "|",
+        *(
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(r)) + " |"
+            for members in grouped(rows).values()
+            for r in members
+        ),
         "",
     ]
     if not RESULTS_MD.exists():
@@ -531,7 +470,7 @@ fasttasks and django-tasks-db always run in the same invocation, interleaved, on
 """
 
 
-# --- machine and versions -----------------------------------------------------------------------------
+# --- machine and versions ---------------------------------------------------------------------------
 
 
 def machine_info() -> dict[str, Any]:
@@ -557,7 +496,7 @@ def machine_line() -> str:
     return f"{m['nproc']} CPUs, {m['cpu_model']}, {m['memory']}"
 
 
-def versions(pg_error: str | None) -> dict[str, str | None]:
+def versions() -> dict[str, str | None]:
     def dist(name: str) -> str | None:
         try:
             return importlib.metadata.version(name)
@@ -565,24 +504,17 @@ def versions(pg_error: str | None) -> dict[str, str | None]:
             return None
 
     pg_version = None
-    if not pg_error:
-        try:
-            with pg_connect("postgres") as conn:
-                shown = {
-                    name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
-                    for name in (
-                        "server_version",
-                        "fsync",
-                        "synchronous_commit",
-                        "shared_buffers",
-                        "autovacuum",
-                    )
-                }
-                pg_version = (
-                    shown.pop("server_version") + " (" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
-                )
-        except Exception:
-            pg_version = None
+    try:
+        with pg_connect("postgres") as conn:
+            shown = {
+                name: conn.execute(f"SHOW {name}").fetchone()[0]
+                for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers", "autovacuum")
+            }
+        pg_version = (
+            shown.pop("server_version") + " (" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
+        )
+    except Exception:
+        pg_version = None
     return {
         "Python": platform.python_version(),
         "Django": dist("django"),
@@ -610,14 +542,14 @@ def git_revision() -> str:
     return f"{rev}{'+dirty' if dirty else ''}"
 
 
-def command_line(args: argparse.Namespace) -> str:
+def command_line() -> str:
     make = os.environ.get("MAKELEVEL") and os.environ.get("BENCH_MAKE_TARGET")
     argv = shlex.join([".venv/bin/python", "benches/run.py", *sys.argv[1:]])
     return f"make {make} ({argv})" if make else argv
 
 
-def tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+def first_line(text: str | None) -> str:
+    return (text or "unknown error").strip().splitlines()[0] if text and text.strip() else "unknown error"
 
 
 def indent(text: str) -> str:

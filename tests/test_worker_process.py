@@ -263,3 +263,16 @@ def test_polling_worker_without_listen_notify(
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "polling every 0.3s" in output
+
+
+def test_a_database_without_the_task_table_is_a_setup_error(tmp_path: Path) -> None:
+    env = worker_env()
+    if connections["default"].vendor == "sqlite":
+        env["FASTTASKS_TEST_DB_NAME"] = str(tmp_path / "not-migrated.sqlite3")
+    else:
+        env["FASTTASKS_TEST_DB_NAME"] = "postgres"  # exists, and holds no fasttasks table
+    done = subprocess.run(
+        worker_command("--batch"), cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "fasttasks_task" in done.stderr and "migrate" in done.stderr

@@ -192,43 +192,32 @@ class Runner:
         kwargs: dict[str, Any],
     ) -> None:
         async with self._coroutine_slots():
-            await self._run_started_coroutine(job, reply, task, result, args, kwargs)
+            self._send(task_started, result)
+            # The async ORM runs in asgiref's thread-sensitive executor: keep that thread's connections
+            # healthy around each task, as the sync path does for task threads. Each check is a hop to
+            # that thread (tens of µs, one at a time for all coroutines), so it is skipped while that
+            # thread is known to hold no connection: after a check found none, until a connection is
+            # opened outside the task threads.
+            await self._check_executor_connections()
+            try:
+                func: Callable[..., Coroutine[Any, Any, Any]] = task.func
+                if task.takes_context:
+                    value = await func(TaskContext(task_result=result), *args, **kwargs)
+                else:
+                    value = await func(*args, **kwargs)
+                return_json, normalized = self._encode_return(value)
+            except BaseException as exc:  # CancelledError too: the attempt is over
+                self._fail(job, reply, result, exc)
+            else:
+                self._succeed(reply, result, return_json, normalized)
+            finally:
+                await self._check_executor_connections()
 
     def _coroutine_slots(self) -> asyncio.Semaphore:
         # Created on the loop, on first use.
         if self._coroutine_semaphore is None:
             self._coroutine_semaphore = asyncio.Semaphore(self.concurrency)
         return self._coroutine_semaphore
-
-    async def _run_started_coroutine(
-        self,
-        job: Job,
-        reply: Reply,
-        task: Task[..., Any],
-        result: TaskResult[..., Any],
-        args: list[Any],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._send(task_started, result)
-        # The async ORM runs in asgiref's thread-sensitive executor: keep that thread's connections
-        # healthy around each task, as the sync path does for task threads. Each check is a hop to
-        # that thread (tens of µs, one at a time for all coroutines), so it is skipped while that
-        # thread is known to hold no connection: after a check found none, until a connection is
-        # opened outside the task threads.
-        await self._check_executor_connections()
-        try:
-            func: Callable[..., Coroutine[Any, Any, Any]] = task.func
-            if task.takes_context:
-                value = await func(TaskContext(task_result=result), *args, **kwargs)
-            else:
-                value = await func(*args, **kwargs)
-            return_json, normalized = self._encode_return(value)
-        except BaseException as exc:  # CancelledError too: the attempt is over
-            self._fail(job, reply, result, exc)
-        else:
-            self._succeed(reply, result, return_json, normalized)
-        finally:
-            await self._check_executor_connections()
 
     @staticmethod
     def _encode_return(value: Any) -> tuple[str, Any]:

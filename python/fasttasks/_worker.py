@@ -291,6 +291,10 @@ def run_worker(options: WorkerOptions) -> int:
             f"--backend {options.backend!r} is {type(backend).__module__}.{type(backend).__qualname__}; "
             "the worker runs fasttasks.backend.FastTasksBackend backends only"
         )
+    missing = backend.check_table()
+    if missing:
+        # Claims would fail on every round; say what to do instead of retrying forever.
+        raise WorkerSetupError(f"{missing[0].msg} {missing[0].hint}")
     worker_id = options.worker_id or default_worker_id()
     runner = Runner(options.backend, worker_id, options.concurrency)
     worker = Worker(
