@@ -123,6 +123,11 @@ class Target:
             return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
 
 
+def targets(cfg: Config) -> list[Target]:
+    """Every target of this run: each database with each implementation (databases outer)."""
+    return [Target(db, impl) for db in cfg.dbs for impl in cfg.impls]
+
+
 def remove_sqlite(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -445,3 +450,63 @@ def ratio_text(ours: dict[str, float] | None, theirs: dict[str, float] | None, h
 
 def met_text(ok: bool | None) -> str:
     return "" if ok is None else ("yes" if ok else "NO")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How a metric is shown (unit, decimals) and which way is better (for the ratio and the goal)."""
+
+    unit: str = ""
+    digits: int = 0
+    higher_better: bool = True
+
+
+PER_SECOND = Measure("/s")  # a rate: tasks (or enqueues) per second, more is better
+
+
+def case_stat(
+    stats: Stats, scenario: str, variant: str, db: str, impl: str, metric: str
+) -> dict[str, float] | None:
+    """The statistics of one metric of one case; None when the case was not run (or lacks the metric)."""
+    return stats.get((scenario, variant, db, impl), {}).get(metric)
+
+
+def compare_row(
+    stats: Stats,
+    scenario: str,
+    db: str,
+    metric: str,
+    what: str,
+    measure: Measure = PER_SECOND,
+    *,
+    variant: str = "",
+    their_variant: str | None = None,
+    target: str = "",
+    goal: float | None = None,
+    goal_on: str = "median",
+    with_ratio: bool = True,
+) -> Row:
+    """A summary row: fasttasks' and django-tasks-db's ``metric`` side by side, and their ratio.
+
+    ``target`` is the text shown; ``goal`` the figure fasttasks must reach (at least it, or at most it
+    when lower is better), judged on its ``goal_on`` statistic ("max" where every repetition must meet
+    it); no goal leaves "met" empty. ``their_variant`` is for a django-tasks-db case that stands for
+    several fasttasks variants (S4: one figure for every concurrency).
+    """
+    ours = case_stat(stats, scenario, variant, db, "fasttasks", metric)
+    their_key = variant if their_variant is None else their_variant
+    theirs = case_stat(stats, scenario, their_key, db, "dtdb", metric)
+    better = measure.higher_better
+    met = None
+    if ours and goal:
+        met = ours[goal_on] >= goal if better else ours[goal_on] <= goal
+    return Row(
+        scenario,
+        what,
+        db,
+        fmt_stat(ours, measure.unit, measure.digits),
+        fmt_stat(theirs, measure.unit, measure.digits),
+        ratio_text(ours, theirs, higher_better=better) if with_ratio else "",
+        target,
+        met_text(met),
+    )

@@ -22,7 +22,7 @@ from _common import (
     Metrics,
     Row,
     Stats,
-    fmt_stat,
+    compare_row,
     pg_connect,
     remove_sqlite,
     tail,
@@ -96,7 +96,10 @@ def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
     out = []
     for db in cfg.dbs:
         for c in CONCURRENCIES:
-            ours = stats.get((ID, f"C={c}", db, "fasttasks"), {}).get("rate")
             what = f"no-Python ceiling (Rust no-op executor), {cfg.size('s1'):,} jobs, concurrency {c}"
-            out.append(Row(ID, what, db, fmt_stat(ours, "/s"), "—", "", "(reference)", ""))
+            # No django-tasks-db counterpart: its column shows "—", and there is no ratio.
+            row = compare_row(
+                stats, ID, db, "rate", what, variant=f"C={c}", target="(reference)", with_ratio=False
+            )
+            out.append(row)
     return out

@@ -17,24 +17,26 @@ from _common import (
     BenchError,
     Case,
     Config,
+    Measure,
     Metrics,
     Row,
     Stats,
     Target,
     Workers,
     child,
+    compare_row,
     cpu_seconds,
     dtdb_cmd,
-    fmt_stat,
-    met_text,
     pg_connect,
-    ratio_text,
     status_counts,
     worker_cmds,
 )
 
 ID = "idle"
 MAX_XACTS_PER_S = 1.0
+# Less is better for an idle worker: fewer transactions, less CPU.
+XACTS = Measure("/s", digits=2, higher_better=False)
+CPU = Measure(" %", digits=2, higher_better=False)
 
 
 def pg_xacts(names: list[str]) -> dict[str, int]:
@@ -109,33 +111,12 @@ def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
     out = []
     window = f"{cfg.sizes['idle_window']:g} s after {cfg.sizes['idle_settle']:g} s"
     for db in cfg.dbs:
-        ours = stats.get((ID, "", db, "fasttasks"), {})
-        theirs = stats.get((ID, "", db, "dtdb"), {})
-        if db == "postgres":
-            x = ours.get("xacts_per_s")
+        if db == "postgres":  # transactions are read from pg_stat_database: PostgreSQL only
+            what = f"PostgreSQL transactions/s of an idle worker, {window} (dtdb: db_worker --interval 1)"
+            goal = MAX_XACTS_PER_S
             out.append(
-                Row(
-                    ID,
-                    f"PostgreSQL transactions/s of an idle worker, {window} (dtdb: db_worker --interval 1)",
-                    db,
-                    fmt_stat(x, "/s", 2),
-                    fmt_stat(theirs.get("xacts_per_s"), "/s", 2),
-                    ratio_text(x, theirs.get("xacts_per_s"), higher_better=False),
-                    f"<= {MAX_XACTS_PER_S:g}/s",
-                    met_text(x["median"] <= MAX_XACTS_PER_S if x else None),
-                )
+                compare_row(stats, ID, db, "xacts_per_s", what, XACTS, target=f"<= {goal:g}/s", goal=goal)
             )
-        cpu = ours.get("cpu_pct")
-        out.append(
-            Row(
-                ID,
-                f"CPU of an idle worker process, {window}",
-                db,
-                fmt_stat(cpu, " %", 2),
-                fmt_stat(theirs.get("cpu_pct"), " %", 2),
-                ratio_text(cpu, theirs.get("cpu_pct"), higher_better=False),
-                "(report)",
-                "",
-            )
-        )
+        what = f"CPU of an idle worker process, {window}"
+        out.append(compare_row(stats, ID, db, "cpu_pct", what, CPU, target="(report)"))
     return out

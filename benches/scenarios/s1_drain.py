@@ -21,13 +21,12 @@ from _common import (
     Target,
     Workers,
     child,
+    compare_row,
     expect_counts,
     fmt_n,
-    fmt_stat,
-    met_text,
-    ratio_text,
     rss_kb,
     span_seconds,
+    targets,
     worker_cmds,
 )
 
@@ -88,45 +87,30 @@ def cases(cfg: Config, selected: set[str]) -> list[Case]:
     if ID not in selected:
         return []
     out = []
-    for db in cfg.dbs:
-        for impl in cfg.impls:
-            target = Target(db, impl)
-            count = tasks_for(cfg, impl, "s1")
+    for target in targets(cfg):
+        count = tasks_for(cfg, target.impl, "s1")
 
-            def run(cfg: Config, rep: int, target: Target = target, count: int = count) -> Metrics:
-                return drain(
-                    target,
-                    task="noop",
-                    count=count,
-                    cmds=worker_cmds(cfg, target),
-                    log_name=f"S1-{target.db}-{target.impl}-r{rep}",
-                )
+        def run(cfg: Config, rep: int, target: Target = target, count: int = count) -> Metrics:
+            return drain(
+                target,
+                task="noop",
+                count=count,
+                cmds=worker_cmds(cfg, target),
+                log_name=f"S1-{target.db}-{target.impl}-r{rep}",
+            )
 
-            out.append(Case(ID, "", db, impl, run=run, note=f"{count:,} tasks"))
+        out.append(Case(ID, "", target.db, target.impl, run=run, note=f"{count:,} tasks"))
     return out
 
 
 def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
     if ID not in selected:
         return []
-    out = []
-    for db in cfg.dbs:
-        ours = stats.get((ID, "", db, "fasttasks"), {}).get("rate")
-        theirs = stats.get((ID, "", db, "dtdb"), {}).get("rate")
-        what = (
-            f"drain {tasks_for(cfg, 'fasttasks', 's1'):,} no-op, 1 worker process, default flags + --batch "
-            f"(dtdb: {tasks_for(cfg, 'dtdb', 's1'):,} tasks, db_worker x1)"
-        )
-        out.append(
-            Row(
-                ID,
-                what,
-                db,
-                fmt_stat(ours, "/s"),
-                fmt_stat(theirs, "/s"),
-                ratio_text(ours, theirs, higher_better=True),
-                f">= {fmt_n(TARGET[db])}/s",
-                met_text(ours["median"] >= TARGET[db] if ours else None),
-            )
-        )
-    return out
+    what = (
+        f"drain {tasks_for(cfg, 'fasttasks', 's1'):,} no-op, 1 worker process, default flags + --batch "
+        f"(dtdb: {tasks_for(cfg, 'dtdb', 's1'):,} tasks, db_worker x1)"
+    )
+    return [
+        compare_row(stats, ID, db, "rate", what, target=f">= {fmt_n(TARGET[db])}/s", goal=TARGET[db])
+        for db in cfg.dbs
+    ]

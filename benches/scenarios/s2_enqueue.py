@@ -16,10 +16,9 @@ from _common import (
     Stats,
     Target,
     child,
+    compare_row,
     fmt_n,
-    fmt_stat,
-    met_text,
-    ratio_text,
+    targets,
 )
 
 SCENARIOS = {
@@ -48,19 +47,17 @@ def cases(cfg: Config, selected: set[str]) -> list[Case]:
     for sid, (mode, _) in SCENARIOS.items():
         if sid not in selected:
             continue
-        for db in cfg.dbs:
-            for impl in cfg.impls:
-                target = Target(db, impl)
-                count = count_for(cfg, sid, impl)
+        for target in targets(cfg):
+            count = count_for(cfg, sid, target.impl)
 
-                def run(
-                    cfg: Config, rep: int, target: Target = target, mode: str = mode, n: int = count
-                ) -> Metrics:
-                    target.reset()
-                    result = child(target, "enqueue", mode, n)
-                    return {"rate": result["rate"], "seconds": result["seconds"]}
+            def run(
+                cfg: Config, rep: int, target: Target = target, mode: str = mode, n: int = count
+            ) -> Metrics:
+                target.reset()
+                result = child(target, "enqueue", mode, n)
+                return {"rate": result["rate"], "seconds": result["seconds"]}
 
-                out.append(Case(sid, "", db, impl, run=run, note=f"{count:,} enqueues"))
+            out.append(Case(sid, "", target.db, target.impl, run=run, note=f"{count:,} enqueues"))
     return out
 
 
@@ -72,19 +69,7 @@ def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
         n_ours, n_theirs = count_for(cfg, sid, "fasttasks"), count_for(cfg, sid, "dtdb")
         text = what.format(n=f"{n_ours:,}") + ("" if n_ours == n_theirs else f"; dtdb: x{n_theirs:,}")
         for db in cfg.dbs:
-            ours = stats.get((sid, "", db, "fasttasks"), {}).get("rate")
-            theirs = stats.get((sid, "", db, "dtdb"), {}).get("rate")
             goal = TARGET[sid][db]
-            out.append(
-                Row(
-                    sid,
-                    text,
-                    db,
-                    fmt_stat(ours, "/s"),
-                    fmt_stat(theirs, "/s"),
-                    ratio_text(ours, theirs, higher_better=True),
-                    f">= {fmt_n(goal)}/s" if goal else "(report only)",
-                    met_text(ours["median"] >= goal if ours and goal else None),
-                )
-            )
+            target = f">= {fmt_n(goal)}/s" if goal else "(report only)"
+            out.append(compare_row(stats, sid, db, "rate", text, target=target, goal=goal))
     return out

@@ -11,22 +11,23 @@ django-tasks-db: ``db_worker --interval 0.05`` (it polls; every 50 ms here, 1 s 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from _common import (
     BenchError,
     Case,
     Config,
+    Measure,
     Metrics,
     Row,
     Stats,
     Target,
     Workers,
     child,
+    compare_row,
     dtdb_cmd,
     expect_counts,
-    fmt_stat,
-    met_text,
-    ratio_text,
+    targets,
     worker_cmds,
 )
 
@@ -36,6 +37,7 @@ WARMUP = 10
 DTDB_INTERVAL = 0.05
 TARGET = {"postgres": {"p50": 2.0, "p99": 10.0}, "sqlite": {"p50": 5.0, "p99": 20.0}}
 PERCENTILES = ("p50", "p90", "p99", "max")
+MILLISECONDS = Measure(" ms", digits=2, higher_better=False)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -74,16 +76,8 @@ def measure(cfg: Config, rep: int, target: Target) -> Metrics:
 def cases(cfg: Config, selected: set[str]) -> list[Case]:
     if ID not in selected:
         return []
-    out = []
-    for db in cfg.dbs:
-        for impl in cfg.impls:
-            target = Target(db, impl)
-
-            def run(cfg: Config, rep: int, target: Target = target) -> Metrics:
-                return measure(cfg, rep, target)
-
-            out.append(Case(ID, "", db, impl, run=run, note=f"{cfg.size('s3'):,} tasks at {RATE:g}/s"))
-    return out
+    note = f"{cfg.size('s3'):,} tasks at {RATE:g}/s"
+    return [Case(ID, "", t.db, t.impl, run=partial(measure, target=t), note=note) for t in targets(cfg)]
 
 
 def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
@@ -92,23 +86,11 @@ def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
     out = []
     for db in cfg.dbs:
         for name in PERCENTILES:
-            ours = stats.get((ID, "", db, "fasttasks"), {}).get(name)
-            theirs = stats.get((ID, "", db, "dtdb"), {}).get(name)
             goal = TARGET[db].get(name)
             what = (
                 f"enqueue commit -> task start, {name}, {cfg.size('s3'):,} tasks open-loop at {RATE:g}/s "
                 f"(dtdb: db_worker --interval {DTDB_INTERVAL:g})"
             )
-            out.append(
-                Row(
-                    ID,
-                    what,
-                    db,
-                    fmt_stat(ours, " ms", 2),
-                    fmt_stat(theirs, " ms", 2),
-                    ratio_text(ours, theirs, higher_better=False),
-                    f"<= {goal:g} ms" if goal else "",
-                    met_text(ours["median"] <= goal if ours and goal else None),
-                )
-            )
+            target = f"<= {goal:g} ms" if goal else ""
+            out.append(compare_row(stats, ID, db, name, what, MILLISECONDS, target=target, goal=goal))
     return out

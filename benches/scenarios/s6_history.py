@@ -20,12 +20,12 @@ from _common import (
     Row,
     Stats,
     Target,
+    case_stat,
     child,
+    compare_row,
     fmt_n,
-    fmt_stat,
-    met_text,
     pg_connect,
-    ratio_text,
+    targets,
     worker_cmds,
 )
 
@@ -149,38 +149,40 @@ def cases(cfg: Config, selected: set[str]) -> list[Case]:
     if ID not in selected:
         return []
     out = []
-    for db in cfg.dbs:
-        for impl in cfg.impls:
-            target = Target(db, impl)
-            count = tasks_for(cfg, impl, "s6")
+    rows_n = cfg.size("s6_rows")
+    for target in targets(cfg):
+        count = tasks_for(cfg, target.impl, "s6")
 
-            def run(cfg: Config, rep: int, target: Target = target, count: int = count) -> Metrics:
-                tmpl = ensure_template(cfg, target)
-                metrics = drain(
-                    target,
-                    task="noop",
-                    count=count,
-                    cmds=worker_cmds(cfg, target),
-                    log_name=f"S6-{target.db}-{target.impl}-r{rep}",
-                    setup=lambda: target.clone_from(tmpl),
-                    finished_before=cfg.size("s6_rows"),
-                )
-                target.drop()  # several GB: do not keep the copy around
-                return metrics
+        def run(cfg: Config, rep: int, target: Target = target, count: int = count) -> Metrics:
+            tmpl = ensure_template(cfg, target)
+            metrics = drain(
+                target,
+                task="noop",
+                count=count,
+                cmds=worker_cmds(cfg, target),
+                log_name=f"S6-{target.db}-{target.impl}-r{rep}",
+                setup=lambda: target.clone_from(tmpl),
+                finished_before=cfg.size("s6_rows"),
+            )
+            target.drop()  # several GB: do not keep the copy around
+            return metrics
 
-            rows_n = cfg.size("s6_rows")
-            out.append(Case(ID, "", db, impl, run=run, note=f"{count:,} tasks over {rows_n:,} finished rows"))
+        note = f"{count:,} tasks over {rows_n:,} finished rows"
+        out.append(Case(ID, "", target.db, target.impl, run=run, note=note))
     return out
 
 
 def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
     if ID not in selected:
         return []
+    what = (
+        f"S1 drain of {tasks_for(cfg, 'fasttasks', 's6'):,} no-op over {cfg.size('s6_rows'):,} finished "
+        f"rows (dtdb: {tasks_for(cfg, 'dtdb', 's6'):,} tasks, db_worker x1)"
+    )
     out = []
     for db in cfg.dbs:
-        ours = stats.get((ID, "", db, "fasttasks"), {}).get("rate")
-        theirs = stats.get((ID, "", db, "dtdb"), {}).get("rate")
-        s1 = stats.get(("S1", "", db, "fasttasks"), {}).get("rate")
+        ours = case_stat(stats, ID, "", db, "fasttasks", "rate")
+        s1 = case_stat(stats, "S1", "", db, "fasttasks", "rate")
         if s1:
             goal = SHARE * s1["median"]
             target = f">= {fmt_n(goal)}/s ({SHARE:.0%} of S1 {fmt_n(s1['median'])})"
@@ -188,20 +190,5 @@ def rows(cfg: Config, stats: Stats, selected: set[str]) -> list[Row]:
                 target += f"; S6/S1 = {ours['median'] / s1['median']:.0%}"
         else:
             goal, target = None, f"{SHARE:.0%} of S1 (S1 not run)"
-        what = (
-            f"S1 drain of {tasks_for(cfg, 'fasttasks', 's6'):,} no-op over {cfg.size('s6_rows'):,} finished "
-            f"rows (dtdb: {tasks_for(cfg, 'dtdb', 's6'):,} tasks, db_worker x1)"
-        )
-        out.append(
-            Row(
-                ID,
-                what,
-                db,
-                fmt_stat(ours, "/s"),
-                fmt_stat(theirs, "/s"),
-                ratio_text(ours, theirs, higher_better=True),
-                target,
-                met_text(ours["median"] >= goal if ours and goal else None),
-            )
-        )
+        out.append(compare_row(stats, ID, db, "rate", what, target=target, goal=goal))
     return out
