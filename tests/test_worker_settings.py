@@ -23,3 +23,14 @@ def test_empty_host_means_the_unix_socket_like_libpq(tmp_path: Path, monkeypatch
         assert default_postgres_host(5432, (str(present),)) == "db.internal"
     finally:
         server.close()
+
+
+def test_an_sqlite_too_old_for_the_worker_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from fasttasks import _worker
+
+    _worker.check_single_sqlite_library()  # this machine's SQLite is new enough
+    monkeypatch.setattr(_worker, "MIN_SQLITE_VERSION", (*sqlite3.sqlite_version_info[:2], 999))
+    with pytest.raises(_worker.WorkerSetupError, match=r"needs SQLite .* or newer"):
+        _worker.check_single_sqlite_library()

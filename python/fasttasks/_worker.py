@@ -206,6 +206,16 @@ def check_single_sqlite_library() -> None:
             "file. Use a Python whose sqlite3 module links the system libsqlite3 (most Linux distribution "
             "and pyenv builds do), or keep the queue on PostgreSQL."
         )
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        raise WorkerSetupError(
+            f"the worker needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer (it writes results "
+            f"with UPDATE ... FROM); this system's SQLite is {sqlite3.sqlite_version}. Upgrade libsqlite3, "
+            "or keep the queue on PostgreSQL."
+        )
+
+
+#: The oldest SQLite the worker's statements run on (``UPDATE … FROM`` came in 3.33).
+MIN_SQLITE_VERSION = (3, 33, 0)
 
 
 #: Where libpq looks for the server's Unix socket when HOST is empty (Debian, macOS Homebrew, default).

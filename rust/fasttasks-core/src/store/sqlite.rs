@@ -106,6 +106,9 @@ type ClaimedRow = (
     Option<String>,
 );
 
+// The JSON is read with `json_extract` rather than `->>` (SQLite 3.38): `UPDATE … FROM` (3.33) is the
+// newest feature these statements need.
+
 /// A whole batch of outcomes in one statement: `?1` is a JSON array of [`CompletionRow`]s. Each is
 /// written only where the row is still RUNNING under the presented lease, like PostgreSQL's. The
 /// status decides which columns change: SUCCESSFUL stores the return value; FAILED and READY (a retry)
@@ -122,9 +125,13 @@ SET status = o.status,
     worker_id = NULL,
     lease_token = NULL
 FROM (
-    SELECT j.value ->> 'id' AS id, j.value ->> 'lease_token' AS lease_token, j.value ->> 'status' AS status,
-        j.value ->> 'finished_at' AS finished_at, j.value ->> 'retry_at' AS retry_at,
-        j.value ->> 'return_json' AS return_json, j.value ->> 'error_json' AS error_json
+    SELECT json_extract(j.value, '$.id') AS id,
+        json_extract(j.value, '$.lease_token') AS lease_token,
+        json_extract(j.value, '$.status') AS status,
+        json_extract(j.value, '$.finished_at') AS finished_at,
+        json_extract(j.value, '$.retry_at') AS retry_at,
+        json_extract(j.value, '$.return_json') AS return_json,
+        json_extract(j.value, '$.error_json') AS error_json
     FROM json_each(?1) AS j
 ) AS o
 WHERE t.id = o.id AND t.status = 'RUNNING' AND t.lease_token = o.lease_token";
@@ -132,11 +139,12 @@ WHERE t.id = o.id AND t.status = 'RUNNING' AND t.lease_token = o.lease_token";
 /// The ids of a [`COMPLETE_BATCH`] parameter whose row is no longer RUNNING under that lease (taken
 /// over by another attempt): asked before the update, as one JSON array.
 const STALE_IN_BATCH: &str = "\
-SELECT json_group_array(j.value ->> 'id')
+SELECT json_group_array(json_extract(j.value, '$.id'))
 FROM json_each(?1) AS j
 WHERE NOT EXISTS (
     SELECT 1 FROM fasttasks_task AS t
-    WHERE t.id = j.value ->> 'id' AND t.status = 'RUNNING' AND t.lease_token = j.value ->> 'lease_token'
+    WHERE t.id = json_extract(j.value, '$.id') AND t.status = 'RUNNING'
+        AND t.lease_token = json_extract(j.value, '$.lease_token')
 )";
 
 /// One outcome of a [`COMPLETE_BATCH`].
@@ -188,9 +196,12 @@ WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
 const INSERT: &str = "\
 INSERT INTO fasttasks_task (id, task_path, queue_name, backend_name, priority, status, args, kwargs,
     run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors)
-SELECT j.value ->> 'id', j.value ->> 'task_path', j.value ->> 'queue_name', j.value ->> 'backend_name',
-    j.value ->> 'priority', 'READY', j.value ->> 'args', j.value ->> 'kwargs', j.value ->> 'run_after',
-    j.value ->> 'available_at', j.value ->> 'enqueued_at', 0, j.value ->> 'max_attempts', '[]', '[]'
+SELECT json_extract(j.value, '$.id'), json_extract(j.value, '$.task_path'),
+    json_extract(j.value, '$.queue_name'), json_extract(j.value, '$.backend_name'),
+    json_extract(j.value, '$.priority'), 'READY', json_extract(j.value, '$.args'),
+    json_extract(j.value, '$.kwargs'), json_extract(j.value, '$.run_after'),
+    json_extract(j.value, '$.available_at'), json_extract(j.value, '$.enqueued_at'), 0,
+    json_extract(j.value, '$.max_attempts'), '[]', '[]'
 FROM json_each(?1) AS j";
 
 /// One row of an insert chunk; `args`/`kwargs` travel as strings holding the JSON text, stored as is.
