@@ -803,3 +803,11 @@ def test_task_results_built_directly_equal_the_constructors() -> None:
     assert dataclasses.replace(built, id="other").id == "other"
     if not BACKPORT:
         assert _results._BUILD_DIRECTLY, "Django's TaskResult changed: review fasttasks._results"
+
+
+@pytest.mark.parametrize("path", ["fasttasks.exceptions.WorkerError", "fasttasks.exceptions.WorkerCrashed"])
+def test_error_classes_the_worker_records_exist(path: str) -> None:
+    # The Rust core writes these paths into errors (a dropped attempt, a rescued attempt); Django's
+    # TaskError.exception_class imports them.
+    error = TaskError(exception_class_path=path, traceback="")
+    assert issubclass(error.exception_class, Exception)

@@ -37,6 +37,7 @@ class TaskRecord(models.Model):
     finished_at = models.DateTimeField(_("finished at"), null=True)
     attempts = models.IntegerField(_("attempts"), default=0)
     max_attempts = models.IntegerField(_("max attempts"), default=1)
+    crashes = models.IntegerField(_("crashes"), default=0)
     worker_ids = models.JSONField(_("worker ids"), default=list)
     errors = models.JSONField(_("errors"), default=list)
     return_value = models.JSONField(_("return value"), null=True)

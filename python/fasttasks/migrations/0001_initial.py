@@ -31,8 +31,9 @@ def create_schema(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
 
 
 def drop_schema(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
-    # Dropping the table drops its indexes too.
-    schema_editor.execute("DROP TABLE IF EXISTS fasttasks_task", params=None)
+    # Dropping a table drops its indexes too.
+    for table in ("fasttasks_leader", "fasttasks_worker", "fasttasks_task"):
+        schema_editor.execute(f"DROP TABLE IF EXISTS {table}", params=None)
 
 
 class Migration(migrations.Migration):
@@ -86,6 +87,7 @@ class Migration(migrations.Migration):
                         ("finished_at", models.DateTimeField(null=True, verbose_name="finished at")),
                         ("attempts", models.IntegerField(default=0, verbose_name="attempts")),
                         ("max_attempts", models.IntegerField(default=1, verbose_name="max attempts")),
+                        ("crashes", models.IntegerField(default=0, verbose_name="crashes")),
                         ("worker_ids", models.JSONField(default=list, verbose_name="worker ids")),
                         ("errors", models.JSONField(default=list, verbose_name="errors")),
                         ("return_value", models.JSONField(null=True, verbose_name="return value")),

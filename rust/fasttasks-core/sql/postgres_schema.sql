@@ -24,6 +24,9 @@ CREATE TABLE fasttasks_task (
     finished_at       timestamptz  NULL,
     attempts          integer      NOT NULL DEFAULT 0,
     max_attempts      integer      NOT NULL DEFAULT 1,
+    -- attempts ended because the worker running them died (rescued): counted apart from max_attempts,
+    -- so a task that kills its worker (a poison task) ends FAILED after a few crashes.
+    crashes           integer      NOT NULL DEFAULT 0,
     worker_ids        jsonb        NOT NULL DEFAULT '[]',
     -- one object per failed attempt: {"exception_class_path", "traceback", "attempt", "worker_id"}
     errors            jsonb        NOT NULL DEFAULT '[]',
@@ -43,3 +46,23 @@ CREATE INDEX fasttasks_task_ready_idx ON fasttasks_task (priority DESC, availabl
 CREATE INDEX fasttasks_task_running_idx ON fasttasks_task (worker_id) WHERE status = 'RUNNING'
 ;
 CREATE INDEX fasttasks_task_finished_idx ON fasttasks_task (finished_at) WHERE status IN ('SUCCESSFUL', 'FAILED')
+;
+-- One row per running worker process: registered at start, its heartbeat_at moved forward by the
+-- worker's Rust runtime (not by Python, so a task holding the GIL cannot make it look dead), deleted at
+-- a clean exit. RUNNING tasks whose worker_id has no fresh row here belong to a dead worker.
+CREATE TABLE fasttasks_worker (
+    id           varchar(64)  NOT NULL PRIMARY KEY,
+    backend_name varchar(255) NOT NULL,
+    hostname     varchar(255) NOT NULL,
+    pid          integer      NOT NULL,
+    started_at   timestamptz  NOT NULL,
+    heartbeat_at timestamptz  NOT NULL
+)
+;
+-- Who runs maintenance (rescue, and later cron and pruning) for this database, and until when: the
+-- holder renews before expires_at; anyone may take an expired row.
+CREATE TABLE fasttasks_leader (
+    name       varchar(64) NOT NULL PRIMARY KEY,
+    worker_id  varchar(64) NOT NULL,
+    expires_at timestamptz NOT NULL
+)

@@ -22,6 +22,7 @@ CREATE TABLE fasttasks_task (
     finished_at       datetime     NULL,
     attempts          integer      NOT NULL DEFAULT 0,
     max_attempts      integer      NOT NULL DEFAULT 1,
+    crashes           integer      NOT NULL DEFAULT 0,
     worker_ids        text         NOT NULL DEFAULT '[]' CHECK (json_valid(worker_ids)),
     errors            text         NOT NULL DEFAULT '[]' CHECK (json_valid(errors)),
     return_value      text         NULL CHECK (return_value IS NULL OR json_valid(return_value)),
@@ -37,3 +38,18 @@ CREATE INDEX fasttasks_task_ready_idx ON fasttasks_task (priority DESC, availabl
 CREATE INDEX fasttasks_task_running_idx ON fasttasks_task (worker_id) WHERE status = 'RUNNING'
 ;
 CREATE INDEX fasttasks_task_finished_idx ON fasttasks_task (finished_at) WHERE status IN ('SUCCESSFUL', 'FAILED')
+;
+CREATE TABLE fasttasks_worker (
+    id           varchar(64)  NOT NULL PRIMARY KEY,
+    backend_name varchar(255) NOT NULL,
+    hostname     varchar(255) NOT NULL,
+    pid          integer      NOT NULL,
+    started_at   datetime     NOT NULL,
+    heartbeat_at datetime     NOT NULL
+)
+;
+CREATE TABLE fasttasks_leader (
+    name       varchar(64) NOT NULL PRIMARY KEY,
+    worker_id  varchar(64) NOT NULL,
+    expires_at datetime    NOT NULL
+)

@@ -12,6 +12,10 @@
 //!   A return value or error the database cannot store (malformed JSON, `\u0000` in a PostgreSQL `jsonb`)
 //!   fails only that attempt, with the reason as its error, so one bad value never blocks the batch.
 //! - `release` hands claimed-but-unstarted jobs back: READY again, as if never claimed.
+//! - Workers `register_worker`, `heartbeat` and `deregister_worker` in `fasttasks_worker`; `elect` takes
+//!   or renews a named leader lease in `fasttasks_leader` (held by one worker at a time, free once
+//!   expired); `rescue` returns RUNNING rows of workers with no fresh heartbeat to READY, counting a
+//!   crash, or ends them FAILED once they have crashed `max_crashes` times.
 
 mod postgres;
 mod sqlite;
@@ -39,6 +43,39 @@ pub struct ClaimRequest<'a> {
     pub lease_token: i64,
     pub now: Timestamp,
 }
+
+/// A worker process, as it registers itself.
+#[derive(Debug, Clone)]
+pub struct WorkerRegistration<'a> {
+    pub worker_id: &'a str,
+    pub backend_name: &'a str,
+    pub hostname: &'a str,
+    pub pid: u32,
+    pub now: Timestamp,
+}
+
+/// One rescue round.
+#[derive(Debug, Clone, Copy)]
+pub struct RescueRequest {
+    pub now: Timestamp,
+    /// Workers whose last heartbeat is older than this are dead.
+    pub alive_since: Timestamp,
+    /// A task whose worker died this many times ends FAILED instead of running again.
+    pub max_crashes: i32,
+}
+
+/// What `rescue` did: ids of the rows it returned to READY and of those it ended FAILED.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RescueReport {
+    pub requeued: Vec<String>,
+    pub failed: Vec<String>,
+    /// Registrations of dead workers removed.
+    pub dead_workers: u64,
+}
+
+/// The error recorded for an attempt whose worker died: a class that exists (Django's
+/// `TaskError.exception_class` imports it) and a message naming the worker and the attempt.
+pub const WORKER_CRASHED_CLASS: &str = "fasttasks.exceptions.WorkerCrashed";
 
 /// What `complete` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,6 +175,52 @@ impl Store {
         match self {
             Self::Postgres(store) => store.release(claims).await,
             Self::Sqlite(store) => store.release(claims).await,
+        }
+    }
+
+    pub async fn register_worker(&self, worker: &WorkerRegistration<'_>) -> Result<()> {
+        match self {
+            Self::Postgres(store) => store.register_worker(worker).await,
+            Self::Sqlite(store) => store.register_worker(worker).await,
+        }
+    }
+
+    /// Moves the worker's heartbeat forward. `false`: its registration is gone (a rescuer judged it
+    /// dead, e.g. after a long pause); the caller registers again.
+    pub async fn heartbeat(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        match self {
+            Self::Postgres(store) => store.heartbeat(worker_id, now).await,
+            Self::Sqlite(store) => store.heartbeat(worker_id, now).await,
+        }
+    }
+
+    /// Removes the worker's registration and any leader lease it holds (a clean exit).
+    pub async fn deregister_worker(&self, worker_id: &str) -> Result<()> {
+        match self {
+            Self::Postgres(store) => store.deregister_worker(worker_id).await,
+            Self::Sqlite(store) => store.deregister_worker(worker_id).await,
+        }
+    }
+
+    /// Takes or renews the leader lease `name` until `expires_at`: `true` when `worker_id` holds it
+    /// now (it was free, expired at `now`, or already ours).
+    pub async fn elect(
+        &self,
+        name: &str,
+        worker_id: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool> {
+        match self {
+            Self::Postgres(store) => store.elect(name, worker_id, now, expires_at).await,
+            Self::Sqlite(store) => store.elect(name, worker_id, now, expires_at).await,
+        }
+    }
+
+    pub async fn rescue(&self, request: &RescueRequest) -> Result<RescueReport> {
+        match self {
+            Self::Postgres(store) => store.rescue(request).await,
+            Self::Sqlite(store) => store.rescue(request).await,
         }
     }
 

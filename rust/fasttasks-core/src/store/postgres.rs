@@ -9,7 +9,10 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow, PgSslMode};
 
-use super::{ClaimRequest, CompletionReport, NOTIFY_CHANNEL, OutcomeWrite};
+use super::{
+    ClaimRequest, CompletionReport, NOTIFY_CHANNEL, OutcomeWrite, RescueReport, RescueRequest,
+    WORKER_CRASHED_CLASS, WorkerRegistration,
+};
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
 use crate::job::{ClaimedJob, NewJob, Outcome};
 use crate::time::Timestamp;
@@ -154,6 +157,51 @@ FROM UNNEST($1::text[], $2::int8[]) AS v(id, lease)
 WHERE t.id = v.id AND t.lease_token = v.lease";
 
 /// Writes every column Django's enqueue writes, so rows look the same whoever inserted them.
+const REGISTER_WORKER: &str = "\
+INSERT INTO fasttasks_worker (id, backend_name, hostname, pid, started_at, heartbeat_at)
+VALUES ($1, $2, $3, $4, $5, $5)
+ON CONFLICT (id) DO UPDATE SET backend_name = EXCLUDED.backend_name, hostname = EXCLUDED.hostname,
+    pid = EXCLUDED.pid, started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at";
+
+const HEARTBEAT: &str = "UPDATE fasttasks_worker SET heartbeat_at = $2 WHERE id = $1";
+
+/// The row is taken only if it is free, expired, or already ours: two workers cannot both get it.
+const ELECT: &str = "\
+INSERT INTO fasttasks_leader (name, worker_id, expires_at) VALUES ($1, $2, $4)
+ON CONFLICT (name) DO UPDATE SET worker_id = EXCLUDED.worker_id, expires_at = EXCLUDED.expires_at
+WHERE fasttasks_leader.worker_id = EXCLUDED.worker_id OR fasttasks_leader.expires_at < $3";
+
+/// RUNNING rows whose worker has no heartbeat since `$1` go back to READY (available at `$2`), or end
+/// FAILED on their `$3`-th crash; either way the crash is counted and an error entry names the dead
+/// worker. Rows another rescuer is handling are skipped (`SKIP LOCKED`). The anti-join runs on the
+/// running index.
+const RESCUE: &str = "\
+WITH lost AS (
+    SELECT t.id FROM fasttasks_task AS t
+    WHERE t.status = 'RUNNING'
+        AND NOT EXISTS (
+            SELECT 1 FROM fasttasks_worker AS w WHERE w.id = t.worker_id AND w.heartbeat_at >= $1
+        )
+    FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE fasttasks_task AS t
+SET status = CASE WHEN t.crashes + 1 >= $3 THEN 'FAILED' ELSE 'READY' END,
+    crashes = t.crashes + 1,
+    available_at = CASE WHEN t.crashes + 1 >= $3 THEN t.available_at ELSE $2 END,
+    finished_at = CASE WHEN t.crashes + 1 >= $3 THEN $2 ELSE NULL END,
+    errors = t.errors || jsonb_build_array(jsonb_build_object(
+        'exception_class_path', $4::text,
+        'traceback', $4::text || ': worker ' || COALESCE(t.worker_id, '(none)')
+            || ' stopped sending heartbeats while running attempt ' || t.attempts || E'\\n',
+        'attempt', t.attempts,
+        'worker_id', t.worker_id,
+        'failed_at', $5::text)),
+    worker_id = NULL,
+    lease_token = NULL
+FROM lost
+WHERE t.id = lost.id
+RETURNING t.id, t.status";
+
 const INSERT: &str = "\
 INSERT INTO fasttasks_task (id, task_path, queue_name, backend_name, priority, status, args, kwargs,
     run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors)
@@ -356,6 +404,76 @@ impl PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected())
+    }
+
+    pub async fn register_worker(&self, worker: &WorkerRegistration<'_>) -> Result<()> {
+        sqlx::query(REGISTER_WORKER)
+            .bind(worker.worker_id)
+            .bind(worker.backend_name)
+            .bind(worker.hostname)
+            .bind(i32::try_from(worker.pid).unwrap_or(i32::MAX))
+            .bind(worker.now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn heartbeat(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        let result = sqlx::query(HEARTBEAT).bind(worker_id).bind(now).execute(&self.pool).await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn deregister_worker(&self, worker_id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM fasttasks_worker WHERE id = $1").bind(worker_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM fasttasks_leader WHERE worker_id = $1")
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn elect(
+        &self,
+        name: &str,
+        worker_id: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool> {
+        let result = sqlx::query(ELECT)
+            .bind(name)
+            .bind(worker_id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn rescue(&self, request: &RescueRequest) -> Result<RescueReport> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(RESCUE)
+            .bind(request.alive_since)
+            .bind(request.now)
+            .bind(request.max_crashes)
+            .bind(WORKER_CRASHED_CLASS)
+            .bind(request.now.to_rfc3339())
+            .fetch_all(&mut *tx)
+            .await?;
+        let dead_workers = sqlx::query("DELETE FROM fasttasks_worker WHERE heartbeat_at < $1")
+            .bind(request.alive_since)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        let mut report = RescueReport { dead_workers, ..RescueReport::default() };
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let status: String = row.try_get("status")?;
+            if status == "FAILED" { report.failed.push(id) } else { report.requeued.push(id) }
+        }
+        Ok(report)
     }
 
     pub async fn waker(&self) -> Result<PostgresWaker> {

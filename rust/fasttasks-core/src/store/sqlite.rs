@@ -19,10 +19,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Sqlite, Transaction};
 
-use super::{ClaimRequest, CompletionReport, OutcomeWrite};
+use super::{
+    ClaimRequest, CompletionReport, OutcomeWrite, RescueReport, RescueRequest, WORKER_CRASHED_CLASS,
+    WorkerRegistration,
+};
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
 use crate::job::{ClaimedJob, NewJob, Outcome};
-use crate::time::{from_sqlite_text, to_sqlite_text};
+use crate::time::{Timestamp, from_sqlite_text, to_sqlite_text};
 use crate::{Error, Result};
 
 /// Without file events, how often the waker looks at `PRAGMA data_version`: one cheap read, so wake-up
@@ -203,6 +206,50 @@ SELECT json_extract(j.value, '$.id'), json_extract(j.value, '$.task_path'),
     json_extract(j.value, '$.available_at'), json_extract(j.value, '$.enqueued_at'), 0,
     json_extract(j.value, '$.max_attempts'), '[]', '[]'
 FROM json_each(?1) AS j";
+
+const REGISTER_WORKER: &str = "\
+INSERT INTO fasttasks_worker (id, backend_name, hostname, pid, started_at, heartbeat_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+ON CONFLICT (id) DO UPDATE SET backend_name = excluded.backend_name, hostname = excluded.hostname,
+    pid = excluded.pid, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at";
+
+const HEARTBEAT: &str = "UPDATE fasttasks_worker SET heartbeat_at = ?2 WHERE id = ?1";
+
+/// As on PostgreSQL: taken only if free, expired, or already ours.
+const ELECT: &str = "\
+INSERT INTO fasttasks_leader (name, worker_id, expires_at) VALUES (?1, ?2, ?4)
+ON CONFLICT (name) DO UPDATE SET worker_id = excluded.worker_id, expires_at = excluded.expires_at
+WHERE fasttasks_leader.worker_id = excluded.worker_id OR fasttasks_leader.expires_at < ?3";
+
+/// The rows [`RESCUE`] will change and the status each gets, as one JSON array, read first in the same
+/// transaction (the write lock is held, so nothing changes in between).
+const RESCUE_PLAN: &str = "\
+SELECT json_group_array(json_array(t.id, CASE WHEN t.crashes + 1 >= ?3 THEN 'FAILED' ELSE 'READY' END))
+FROM fasttasks_task AS t
+WHERE t.status = 'RUNNING'
+    AND NOT EXISTS (SELECT 1 FROM fasttasks_worker AS w WHERE w.id = t.worker_id AND w.heartbeat_at >= ?1)";
+
+/// PostgreSQL's rescue, in SQLite's dialect (see postgres.rs).
+const RESCUE: &str = "\
+UPDATE fasttasks_task
+SET status = CASE WHEN crashes + 1 >= ?3 THEN 'FAILED' ELSE 'READY' END,
+    available_at = CASE WHEN crashes + 1 >= ?3 THEN available_at ELSE ?2 END,
+    finished_at = CASE WHEN crashes + 1 >= ?3 THEN ?2 ELSE NULL END,
+    crashes = crashes + 1,
+    errors = json_insert(errors, '$[#]', json_object(
+        'exception_class_path', ?4,
+        'traceback', ?4 || ': worker ' || COALESCE(worker_id, '(none)')
+            || ' stopped sending heartbeats while running attempt ' || attempts || char(10),
+        'attempt', attempts,
+        'worker_id', worker_id,
+        'failed_at', ?5)),
+    worker_id = NULL,
+    lease_token = NULL
+WHERE status = 'RUNNING'
+    AND NOT EXISTS (
+        SELECT 1 FROM fasttasks_worker AS w
+        WHERE w.id = fasttasks_task.worker_id AND w.heartbeat_at >= ?1
+    )";
 
 /// One row of an insert chunk; `args`/`kwargs` travel as strings holding the JSON text, stored as is.
 #[derive(Serialize)]
@@ -564,6 +611,102 @@ impl SqliteStore {
             connection.close_on_drop();
         }
         result
+    }
+
+    pub async fn register_worker(&self, worker: &WorkerRegistration<'_>) -> Result<()> {
+        self.write(async |tx| {
+            sqlx::query(REGISTER_WORKER)
+                .bind(worker.worker_id)
+                .bind(worker.backend_name)
+                .bind(worker.hostname)
+                .bind(i64::from(worker.pid))
+                .bind(to_sqlite_text(worker.now))
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn heartbeat(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        self.write(async |tx| {
+            let result =
+                sqlx::query(HEARTBEAT).bind(worker_id).bind(to_sqlite_text(now)).execute(&mut **tx).await?;
+            Ok(result.rows_affected() == 1)
+        })
+        .await
+    }
+
+    pub async fn deregister_worker(&self, worker_id: &str) -> Result<()> {
+        self.write(async |tx| {
+            sqlx::query("DELETE FROM fasttasks_worker WHERE id = ?1")
+                .bind(worker_id)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("DELETE FROM fasttasks_leader WHERE worker_id = ?1")
+                .bind(worker_id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn elect(
+        &self,
+        name: &str,
+        worker_id: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool> {
+        self.write(async |tx| {
+            let result = sqlx::query(ELECT)
+                .bind(name)
+                .bind(worker_id)
+                .bind(to_sqlite_text(now))
+                .bind(to_sqlite_text(expires_at))
+                .execute(&mut **tx)
+                .await?;
+            Ok(result.rows_affected() == 1)
+        })
+        .await
+    }
+
+    pub async fn rescue(&self, request: &RescueRequest) -> Result<RescueReport> {
+        let alive_since = to_sqlite_text(request.alive_since);
+        let now = to_sqlite_text(request.now);
+        self.write(async |tx| {
+            let plan: String = sqlx::query_scalar(RESCUE_PLAN)
+                .bind(&alive_since)
+                .bind(&now)
+                .bind(request.max_crashes)
+                .fetch_one(&mut **tx)
+                .await?;
+            let plan: Vec<(String, String)> = serde_json::from_str(&plan).map_err(|error| {
+                Error::CorruptRow { id: String::new(), reason: format!("rescue plan: {error}") }
+            })?;
+            if !plan.is_empty() {
+                sqlx::query(RESCUE)
+                    .bind(&alive_since)
+                    .bind(&now)
+                    .bind(request.max_crashes)
+                    .bind(WORKER_CRASHED_CLASS)
+                    .bind(request.now.to_rfc3339())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let dead_workers = sqlx::query("DELETE FROM fasttasks_worker WHERE heartbeat_at < ?1")
+                .bind(&alive_since)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            let mut report = RescueReport { dead_workers, ..RescueReport::default() };
+            for (id, status) in plan {
+                if status == "FAILED" { report.failed.push(id) } else { report.requeued.push(id) }
+            }
+            Ok(report)
+        })
+        .await
     }
 
     pub async fn waker(&self) -> Result<SqliteWaker> {

@@ -1,0 +1,147 @@
+//! The maintenance side of the store contract (see `store/mod.rs`) on both databases: worker
+//! registrations and heartbeats, the leader lease, and the rescue of tasks whose worker died.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+
+use common::{Fixture, claim, default_queue, job, lease, secs, t0};
+use fasttasks_core::store::{RescueRequest, WORKER_CRASHED_CLASS, WorkerRegistration};
+use fasttasks_core::{Outcome, OutcomeKind, Store};
+
+on_both_databases! {
+    leader_lease_is_held_by_one_worker_until_it_expires,
+    heartbeat_reports_a_missing_registration,
+    rescue_requeues_the_tasks_of_dead_workers_only,
+    rescue_fails_a_task_that_keeps_killing_its_worker,
+}
+
+async fn register(store: &Store, worker_id: &str, at: chrono::DateTime<chrono::Utc>) {
+    let registration =
+        WorkerRegistration { worker_id, backend_name: "default", hostname: "test-host", pid: 4242, now: at };
+    store.register_worker(&registration).await.expect("register");
+}
+
+fn rescue_at(now: chrono::DateTime<chrono::Utc>, max_crashes: i32) -> RescueRequest {
+    // Heartbeats older than 10 s mean a dead worker.
+    RescueRequest { now, alive_since: now - secs(10), max_crashes }
+}
+
+async fn leader_lease_is_held_by_one_worker_until_it_expires(fx: Arc<Fixture>) {
+    let other = fx.new_store().await;
+    let lease_until = |at| at + secs(15);
+    assert!(fx.store.elect("maintenance", "w1", t0(), lease_until(t0())).await.unwrap());
+    assert!(!other.elect("maintenance", "w2", t0() + secs(1), lease_until(t0() + secs(1))).await.unwrap());
+    // The holder renews; the other still cannot take it before the renewed lease runs out.
+    assert!(
+        fx.store.elect("maintenance", "w1", t0() + secs(10), lease_until(t0() + secs(10))).await.unwrap()
+    );
+    assert!(!other.elect("maintenance", "w2", t0() + secs(20), lease_until(t0() + secs(20))).await.unwrap());
+    // Expired: anyone may take it, and then the old holder may not.
+    assert!(other.elect("maintenance", "w2", t0() + secs(26), lease_until(t0() + secs(26))).await.unwrap());
+    assert!(
+        !fx.store.elect("maintenance", "w1", t0() + secs(27), lease_until(t0() + secs(27))).await.unwrap()
+    );
+    // Another lease name is independent.
+    assert!(fx.store.elect("other-duty", "w1", t0() + secs(27), lease_until(t0() + secs(27))).await.unwrap());
+    // A clean exit gives the lease up at once.
+    register(&other, "w2", t0()).await;
+    other.deregister_worker("w2").await.unwrap();
+    assert!(
+        fx.store.elect("maintenance", "w1", t0() + secs(28), lease_until(t0() + secs(28))).await.unwrap()
+    );
+}
+
+async fn heartbeat_reports_a_missing_registration(fx: Arc<Fixture>) {
+    assert!(!fx.store.heartbeat("w1", t0()).await.unwrap(), "never registered");
+    register(&fx.store, "w1", t0()).await;
+    assert!(fx.store.heartbeat("w1", t0() + secs(5)).await.unwrap());
+    // Judged dead by a rescuer (no heartbeat for long enough): the registration is gone, and the
+    // worker learns it from its next heartbeat.
+    let report = fx.store.rescue(&rescue_at(t0() + secs(60), 3)).await.unwrap();
+    assert_eq!(report.dead_workers, 1);
+    assert!(!fx.store.heartbeat("w1", t0() + secs(61)).await.unwrap());
+    register(&fx.store, "w1", t0() + secs(61)).await;
+    assert!(fx.store.heartbeat("w1", t0() + secs(62)).await.unwrap());
+}
+
+async fn rescue_requeues_the_tasks_of_dead_workers_only(fx: Arc<Fixture>) {
+    fx.store.insert(&[job("a", 4), job("b", 3), job("c", 2), job("d", 1)]).await.unwrap();
+    register(&fx.store, "alive", t0()).await;
+    register(&fx.store, "dead", t0()).await;
+    let alive = claim(&fx.store, &default_queue(), 2, "alive", lease(), t0()).await;
+    let dead = claim(&fx.store, &default_queue(), 2, "dead", lease(), t0()).await;
+    assert!(fx.store.heartbeat("alive", t0() + secs(25)).await.unwrap());
+
+    let now = t0() + secs(30);
+    let report = fx.store.rescue(&rescue_at(now, 3)).await.unwrap();
+    let mut requeued = report.requeued.clone();
+    requeued.sort();
+    assert_eq!(requeued, vec!["c", "d"]);
+    assert!(report.failed.is_empty());
+    assert_eq!(report.dead_workers, 1);
+
+    for id in ["a", "b"] {
+        assert_eq!(fx.row(id).await.status, "RUNNING", "{id} belongs to a live worker");
+    }
+    for id in ["c", "d"] {
+        let row = fx.row(id).await;
+        assert_eq!(row.status, "READY");
+        assert_eq!(row.attempts, 1, "the crashed attempt stays counted");
+        assert_eq!(row.available_at, now);
+        assert_eq!((row.worker_id, row.lease_token, row.finished_at), (None, None, None));
+        let errors = row.errors.as_array().unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0]["exception_class_path"], WORKER_CRASHED_CLASS);
+        assert_eq!(errors[0]["worker_id"], "dead");
+        assert_eq!(errors[0]["attempt"], 1);
+        let traceback = errors[0]["traceback"].as_str().unwrap();
+        assert!(
+            traceback.contains("worker dead stopped sending heartbeats while running attempt 1"),
+            "{traceback}"
+        );
+    }
+    // A second round finds nothing more to do.
+    assert_eq!(fx.store.rescue(&rescue_at(now, 3)).await.unwrap(), Default::default());
+
+    // The rescued tasks run again elsewhere, and the dead worker's late results are refused.
+    let again = claim(&fx.store, &default_queue(), 10, "alive", lease(), now).await;
+    assert_eq!(again.iter().map(|j| j.attempt).collect::<Vec<_>>(), vec![2, 2]);
+    let late: Vec<Outcome> = dead
+        .iter()
+        .map(|job| Outcome::for_job(job, OutcomeKind::Succeeded { return_json: "\"late\"".into() }))
+        .collect();
+    let written = fx.store.complete(&late).await.unwrap();
+    assert_eq!((written.applied, written.stale.len()), (0, 2));
+    let fresh: Vec<Outcome> = again
+        .iter()
+        .chain(alive.iter())
+        .map(|job| Outcome::for_job(job, OutcomeKind::Succeeded { return_json: "1".into() }))
+        .collect();
+    assert_eq!(fx.store.complete(&fresh).await.unwrap().applied, 4);
+    assert_eq!(fx.count("SUCCESSFUL").await, 4);
+}
+
+async fn rescue_fails_a_task_that_keeps_killing_its_worker(fx: Arc<Fixture>) {
+    fx.store.insert(&[job("poison", 1)]).await.unwrap();
+    let mut now = t0();
+    for crash in 1..=2 {
+        register(&fx.store, "victim", now).await;
+        assert_eq!(claim(&fx.store, &default_queue(), 1, "victim", lease(), now).await.len(), 1);
+        now += secs(30);
+        let report = fx.store.rescue(&rescue_at(now, 2)).await.unwrap();
+        let row = fx.row("poison").await;
+        if crash < 2 {
+            assert_eq!(report.requeued, vec!["poison"]);
+            assert_eq!(row.status, "READY");
+        } else {
+            assert_eq!(report.failed, vec!["poison"]);
+            assert_eq!(row.status, "FAILED");
+            assert_eq!(row.finished_at, Some(now));
+            assert_eq!(row.errors.as_array().unwrap().len(), 2);
+            assert_eq!(row.errors[1]["attempt"], 2);
+        }
+    }
+    assert!(claim(&fx.store, &default_queue(), 1, "victim", lease(), now).await.is_empty());
+}
