@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connections
@@ -276,3 +277,78 @@ def test_a_database_without_the_task_table_is_a_setup_error(tmp_path: Path) -> N
     )
     assert done.returncode == 2, done.stderr
     assert "fasttasks_task" in done.stderr and "migrate" in done.stderr
+
+
+# -- crash rescue ------------------------------------------------------------------------------------
+
+FAST_RESCUE = ("--heartbeat", "0.2", "--dead-after", "1")
+
+
+def _rows(**filters: Any) -> list[TaskRecord]:
+    return list(TaskRecord.objects.filter(**filters).order_by("id"))
+
+
+@pytest.mark.parametrize(
+    "survivor_id",
+    [
+        pytest.param("survivor", id="another-worker-rescues-after-dead-after"),
+        pytest.param("process-worker", id="restart-under-the-same-id-rescues-at-start"),
+    ],
+)
+def test_tasks_of_a_killed_worker_run_again_elsewhere(
+    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]], survivor_id: str
+) -> None:
+    marks = tmp_path / "marks"
+    results = [worker_tasks.sleep_then_record.enqueue(str(marks), f"t{i}", 1.0) for i in range(4)]
+    doomed = start_worker("--concurrency", "2", "--prefetch", "0", *FAST_RESCUE)
+    wait_for(lambda: sum(line.startswith("start") for line in lines(marks)) == 2, what="two tasks to start")
+    doomed.kill()  # SIGKILL: no chance to hand anything back
+    doomed.wait(timeout=10)
+    killed_at = time.monotonic()
+    orphans = [row.id for row in _rows(status="RUNNING")]
+    assert len(orphans) == 2
+
+    survivor = start_worker("--concurrency", "2", "--worker-id", survivor_id, *FAST_RESCUE)
+    wait_for(
+        lambda: TaskRecord.objects.filter(status="SUCCESSFUL").count() == 4, timeout=60, what="all tasks"
+    )
+    rescued_within = time.monotonic() - killed_at
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=30) == 0
+
+    for result in results:
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL
+    for row in _rows(id__in=orphans):
+        assert (row.attempts, row.crashes) == (2, 1)
+        assert [e["exception_class_path"] for e in row.errors] == ["fasttasks.exceptions.WorkerCrashed"]
+        assert row.worker_ids == ["process-worker", survivor_id]
+    # Every task ran to its end once more than it was killed: the two orphans twice, the others once.
+    assert sorted(line for line in lines(marks) if line.startswith("end")) == [f"end t{i}" for i in range(4)]
+    # Rescued after --dead-after (1 s) plus a heartbeat round or two, then 1 s of work each.
+    assert rescued_within < 15
+    # A clean exit removes the worker's registration and lease.
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM fasttasks_worker")
+        assert cursor.fetchone() == (0,)
+
+
+def test_a_task_that_keeps_killing_its_worker_ends_failed(
+    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    marks = tmp_path / "marks"
+    poison = worker_tasks.kill_own_process.enqueue(str(marks))
+    for crash in range(1, 3):
+        # Each worker picks the poison task up (after the rescue of the previous one) and dies with it.
+        victim = start_worker("--max-crashes", "2", *FAST_RESCUE)
+        assert victim.wait(timeout=30) == 13
+        assert lines(marks).count("poison started") == crash
+    survivor = start_worker("--max-crashes", "2", *FAST_RESCUE)
+    wait_for(lambda: poison.refresh() or poison.status == TaskResultStatus.FAILED, timeout=30, what="FAILED")
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=30) == 0
+    assert lines(marks).count("poison started") == 2
+    row = TaskRecord.objects.get(pk=poison.id)
+    assert (row.attempts, row.crashes) == (2, 2)
+    assert len(poison.errors) == 2
+    assert all(error.exception_class_path == "fasttasks.exceptions.WorkerCrashed" for error in poison.errors)

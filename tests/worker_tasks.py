@@ -144,3 +144,10 @@ async def async_sleep_then_record(path: str, marker: str, seconds: float) -> str
     await asyncio.sleep(seconds)
     _append(path, f"end {marker}")
     return marker
+
+
+@task
+def kill_own_process(path: str) -> None:
+    """A poison task: the worker process running it dies (as on a segfault or an OOM kill)."""
+    _append(path, "poison started")
+    os._exit(13)

@@ -84,6 +84,10 @@ class Worker:
         max_tasks: int | None = None,
         poll_interval: float = 1.0,
         listen: bool = True,
+        hostname: str | None = None,
+        heartbeat_interval: float = 2.0,
+        dead_after: float = 10.0,
+        max_crashes: int = 3,
     ) -> None: ...
     def start(self) -> None: ...
     def wait(self, timeout: float | None = None) -> bool: ...

@@ -48,6 +48,9 @@ class WorkerOptions:
     batch: bool = False
     max_tasks: int | None = None
     interval: float = 1.0
+    heartbeat: float = 2.0
+    dead_after: float = 10.0
+    max_crashes: int = 3
     verbosity: int = 1
 
 
@@ -94,6 +97,31 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="Seconds between polls when idle and no wake-up arrives (default: 1).",
     )
+    add_reliability_arguments(parser)
+
+
+def add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--heartbeat",
+        type=_interval,
+        default=2.0,
+        help="Seconds between this worker's heartbeats, sent from its Rust runtime (default: 2).",
+    )
+    parser.add_argument(
+        "--dead-after",
+        type=_interval,
+        default=10.0,
+        help=(
+            "A worker silent this long is dead: the elected leader puts its running tasks back to READY "
+            "(default: 10; at least twice --heartbeat)."
+        ),
+    )
+    parser.add_argument(
+        "--max-crashes",
+        type=_positive_int,
+        default=3,
+        help="A task whose worker died this many times ends FAILED instead of running again (default: 3).",
+    )
 
 
 def options_from_namespace(namespace: argparse.Namespace | dict[str, Any]) -> WorkerOptions:
@@ -103,6 +131,14 @@ def options_from_namespace(namespace: argparse.Namespace | dict[str, Any]) -> Wo
         raise WorkerSetupError("--queues: '*' cannot be combined with queue names")
     if not spec:
         raise WorkerSetupError("--queues: give at least one queue name, or '*'")
+    heartbeat, dead_after = values.get("heartbeat", 2.0), values.get("dead_after", 10.0)
+    if heartbeat <= 0:
+        raise WorkerSetupError("--heartbeat must be more than 0 seconds")
+    if dead_after < 2 * heartbeat:
+        raise WorkerSetupError(
+            f"--dead-after {dead_after:g} must be at least twice --heartbeat {heartbeat:g}, or live workers "
+            "would be taken for dead"
+        )
     return WorkerOptions(
         backend=values["backend"],
         queues=None if spec == ["*"] else tuple(spec),
@@ -112,6 +148,9 @@ def options_from_namespace(namespace: argparse.Namespace | dict[str, Any]) -> Wo
         batch=values["batch"],
         max_tasks=values["max_tasks"],
         interval=values["interval"],
+        heartbeat=heartbeat,
+        dead_after=dead_after,
+        max_crashes=values.get("max_crashes", 3),
         verbosity=int(values.get("verbosity", 1)),
     )
 
@@ -319,6 +358,10 @@ def run_worker(options: WorkerOptions) -> int:
         max_tasks=options.max_tasks,
         poll_interval=options.interval,
         listen=backend.listen_notify,
+        hostname=socket.gethostname(),
+        heartbeat_interval=options.heartbeat,
+        dead_after=options.dead_after,
+        max_crashes=options.max_crashes,
     )
     queues = "*" if options.queues is None else ",".join(options.queues)
     mode = "batch" if options.batch else "continuous"

@@ -99,6 +99,14 @@ pub struct WorkerConfig {
     /// The most outcomes written in one completion statement. The completer never waits to fill a
     /// batch: it writes whatever arrived while its previous write ran.
     pub completion_batch_size: usize,
+    /// Recorded with the worker's registration (`fasttasks_worker.hostname`).
+    pub hostname: String,
+    /// How often the worker's Rust runtime moves its heartbeat forward.
+    pub heartbeat_interval: Duration,
+    /// A worker whose heartbeat is older than this is dead: the elected leader rescues its tasks.
+    pub dead_after: Duration,
+    /// A task whose worker died this many times (a task that kills its process) ends FAILED.
+    pub max_crashes: i32,
 }
 
 impl WorkerConfig {
@@ -114,6 +122,10 @@ impl WorkerConfig {
             poll_interval: Duration::from_secs(1),
             listen: true,
             completion_batch_size: 1_000,
+            hostname: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()),
+            heartbeat_interval: Duration::from_secs(2),
+            dead_after: Duration::from_secs(10),
+            max_crashes: 3,
         }
     }
 
@@ -126,6 +138,14 @@ impl WorkerConfig {
         }
         if self.max_tasks == Some(0) {
             return Err(crate::Error::Config("max_tasks must be at least 1".into()));
+        }
+        if self.heartbeat_interval.is_zero() || self.dead_after < self.heartbeat_interval * 2 {
+            return Err(crate::Error::Config(
+                "dead_after must be at least twice the heartbeat interval (and the interval above 0)".into(),
+            ));
+        }
+        if self.max_crashes < 1 {
+            return Err(crate::Error::Config("max_crashes must be at least 1".into()));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod job;
+pub mod maintenance;
 pub mod schema;
 pub mod store;
 pub mod time;

@@ -33,6 +33,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const BATCH_RECHECK: Duration = Duration::from_millis(20);
 /// After an abort, how long the completer keeps trying to write what it holds.
 const ABORT_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
+/// At exit, how long to try to remove the worker's registration (a worker that cannot is rescued like
+/// a dead one once its heartbeat is stale).
+const DEREGISTER_DEADLINE: Duration = Duration::from_secs(2);
 /// Events kept for the host to read; older ones are dropped (and counted) past this.
 const MAX_QUEUED_EVENTS: usize = 1_000;
 /// Claim-ahead covers what the executor starts in this much time at its recent pace. A claimed task
@@ -333,6 +336,14 @@ pub async fn run(
 ) -> crate::Result<RunSummary> {
     config.validate()?;
     let started = Instant::now();
+    // Registered before the first claim, so that no rescuer takes this worker's tasks for abandoned.
+    crate::maintenance::register(&store, &config).await?;
+    let maintenance = tokio::spawn(crate::maintenance::run(
+        store.clone(),
+        config.clone(),
+        shared.clone(),
+        shared.control.phase.subscribe(),
+    ));
     let (ticket_sender, ticket_receiver) = tickets;
     let slots = Arc::new(Slots::default());
     let (outcome_sender, outcome_receiver) = mpsc::unbounded_channel();
@@ -384,6 +395,9 @@ pub async fn run(
     } else {
         let _ = completer.await;
     }
+    // Heartbeats stop only now: until the last result is written, the running tasks are ours.
+    maintenance.abort();
+    crate::maintenance::deregister(&store, &config, &shared, DEREGISTER_DEADLINE).await;
     Ok(RunSummary { stats: shared.stats.snapshot(), elapsed: started.elapsed(), aborted })
 }
 

@@ -15,6 +15,7 @@ on_both_databases! {
     heartbeat_reports_a_missing_registration,
     rescue_requeues_the_tasks_of_dead_workers_only,
     rescue_fails_a_task_that_keeps_killing_its_worker,
+    a_restart_under_the_same_id_rescues_the_previous_processes_tasks,
 }
 
 async fn register(store: &Store, worker_id: &str, at: chrono::DateTime<chrono::Utc>) {
@@ -23,9 +24,9 @@ async fn register(store: &Store, worker_id: &str, at: chrono::DateTime<chrono::U
     store.register_worker(&registration).await.expect("register");
 }
 
-fn rescue_at(now: chrono::DateTime<chrono::Utc>, max_crashes: i32) -> RescueRequest {
+fn rescue_at(now: chrono::DateTime<chrono::Utc>, max_crashes: i32) -> RescueRequest<'static> {
     // Heartbeats older than 10 s mean a dead worker.
-    RescueRequest { now, alive_since: now - secs(10), max_crashes }
+    RescueRequest { now, alive_since: now - secs(10), max_crashes, previous_incarnation: None }
 }
 
 async fn leader_lease_is_held_by_one_worker_until_it_expires(fx: Arc<Fixture>) {
@@ -144,4 +145,17 @@ async fn rescue_fails_a_task_that_keeps_killing_its_worker(fx: Arc<Fixture>) {
         }
     }
     assert!(claim(&fx.store, &default_queue(), 1, "victim", lease(), now).await.is_empty());
+}
+
+async fn a_restart_under_the_same_id_rescues_the_previous_processes_tasks(fx: Arc<Fixture>) {
+    fx.store.insert(&[job("left-over", 1)]).await.unwrap();
+    register(&fx.store, "fixed-id", t0()).await;
+    claim(&fx.store, &default_queue(), 1, "fixed-id", lease(), t0()).await;
+    // The process dies and is restarted at once under the same id: its heartbeat looks fresh.
+    let now = t0() + secs(1);
+    let plain = fx.store.rescue(&rescue_at(now, 3)).await.unwrap();
+    assert!(plain.requeued.is_empty(), "a fresh heartbeat protects the row");
+    let restart = RescueRequest { previous_incarnation: Some("fixed-id"), ..rescue_at(now, 3) };
+    assert_eq!(fx.store.rescue(&restart).await.unwrap().requeued, vec!["left-over"]);
+    assert_eq!(fx.row("left-over").await.status, "READY");
 }

@@ -51,7 +51,7 @@ impl Worker {
     /// `database`: see `settings::database_config`. `runner`: an object with `execute(job, reply)` and
     /// `thread_exit()` (`fasttasks._runner.Runner`). `queues=None` means every queue.
     #[new]
-    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, prefetch=1000, batch=false, max_tasks=None, poll_interval=1.0, listen=true))]
+    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, prefetch=1000, batch=false, max_tasks=None, poll_interval=1.0, listen=true, hostname=None, heartbeat_interval=2.0, dead_after=10.0, max_crashes=3))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         database: &Bound<'_, PyDict>,
@@ -65,6 +65,10 @@ impl Worker {
         max_tasks: Option<u64>,
         poll_interval: f64,
         listen: bool,
+        hostname: Option<String>,
+        heartbeat_interval: f64,
+        dead_after: f64,
+        max_crashes: i32,
     ) -> PyResult<Self> {
         let database = database_config(database)?;
         let mut config = WorkerConfig::new(backend, worker_id);
@@ -86,6 +90,19 @@ impl Worker {
             return Err(ConfigurationError::new_err("poll_interval must be a finite number of seconds >= 0"));
         }
         config.poll_interval = Duration::from_secs_f64(poll_interval);
+        if let Some(hostname) = hostname {
+            config.hostname = hostname;
+        }
+        for (name, seconds) in [("heartbeat_interval", heartbeat_interval), ("dead_after", dead_after)] {
+            if !(seconds.is_finite() && seconds > 0.0) {
+                return Err(ConfigurationError::new_err(format!(
+                    "{name} must be a finite number of seconds > 0"
+                )));
+            }
+        }
+        config.heartbeat_interval = Duration::from_secs_f64(heartbeat_interval);
+        config.dead_after = Duration::from_secs_f64(dead_after);
+        config.max_crashes = max_crashes;
         config.validate().map_err(to_py)?;
         Ok(Self { database, config, runner, shared: worker::new_shared(), state: Mutex::new(State::Ready) })
     }

@@ -56,12 +56,16 @@ pub struct WorkerRegistration<'a> {
 
 /// One rescue round.
 #[derive(Debug, Clone, Copy)]
-pub struct RescueRequest {
+pub struct RescueRequest<'a> {
     pub now: Timestamp,
     /// Workers whose last heartbeat is older than this are dead.
     pub alive_since: Timestamp,
     /// A task whose worker died this many times ends FAILED instead of running again.
     pub max_crashes: i32,
+    /// Also take this worker id for dead, whatever its heartbeat: a worker starting under the id of a
+    /// previous process (a restart with a fixed `--worker-id`) rescues that process's tasks, which would
+    /// otherwise look like its own.
+    pub previous_incarnation: Option<&'a str>,
 }
 
 /// What `rescue` did: ids of the rows it returned to READY and of those it ended FAILED.
@@ -217,7 +221,7 @@ impl Store {
         }
     }
 
-    pub async fn rescue(&self, request: &RescueRequest) -> Result<RescueReport> {
+    pub async fn rescue(&self, request: &RescueRequest<'_>) -> Result<RescueReport> {
         match self {
             Self::Postgres(store) => store.rescue(request).await,
             Self::Sqlite(store) => store.rescue(request).await,

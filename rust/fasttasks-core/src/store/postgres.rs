@@ -179,8 +179,9 @@ const RESCUE: &str = "\
 WITH lost AS (
     SELECT t.id FROM fasttasks_task AS t
     WHERE t.status = 'RUNNING'
-        AND NOT EXISTS (
-            SELECT 1 FROM fasttasks_worker AS w WHERE w.id = t.worker_id AND w.heartbeat_at >= $1
+        AND (
+            NOT EXISTS (SELECT 1 FROM fasttasks_worker AS w WHERE w.id = t.worker_id AND w.heartbeat_at >= $1)
+            OR t.worker_id = $6
         )
     FOR UPDATE OF t SKIP LOCKED
 )
@@ -451,7 +452,7 @@ impl PostgresStore {
         Ok(result.rows_affected() == 1)
     }
 
-    pub async fn rescue(&self, request: &RescueRequest) -> Result<RescueReport> {
+    pub async fn rescue(&self, request: &RescueRequest<'_>) -> Result<RescueReport> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(RESCUE)
             .bind(request.alive_since)
@@ -459,6 +460,7 @@ impl PostgresStore {
             .bind(request.max_crashes)
             .bind(WORKER_CRASHED_CLASS)
             .bind(request.now.to_rfc3339())
+            .bind(request.previous_incarnation)
             .fetch_all(&mut *tx)
             .await?;
         let dead_workers = sqlx::query("DELETE FROM fasttasks_worker WHERE heartbeat_at < $1")

@@ -227,7 +227,8 @@ const RESCUE_PLAN: &str = "\
 SELECT json_group_array(json_array(t.id, CASE WHEN t.crashes + 1 >= ?3 THEN 'FAILED' ELSE 'READY' END))
 FROM fasttasks_task AS t
 WHERE t.status = 'RUNNING'
-    AND NOT EXISTS (SELECT 1 FROM fasttasks_worker AS w WHERE w.id = t.worker_id AND w.heartbeat_at >= ?1)";
+    AND (NOT EXISTS (SELECT 1 FROM fasttasks_worker AS w WHERE w.id = t.worker_id AND w.heartbeat_at >= ?1)
+        OR t.worker_id = ?6)";
 
 /// PostgreSQL's rescue, in SQLite's dialect (see postgres.rs).
 const RESCUE: &str = "\
@@ -246,9 +247,12 @@ SET status = CASE WHEN crashes + 1 >= ?3 THEN 'FAILED' ELSE 'READY' END,
     worker_id = NULL,
     lease_token = NULL
 WHERE status = 'RUNNING'
-    AND NOT EXISTS (
-        SELECT 1 FROM fasttasks_worker AS w
-        WHERE w.id = fasttasks_task.worker_id AND w.heartbeat_at >= ?1
+    AND (
+        NOT EXISTS (
+            SELECT 1 FROM fasttasks_worker AS w
+            WHERE w.id = fasttasks_task.worker_id AND w.heartbeat_at >= ?1
+        )
+        OR worker_id = ?6
     )";
 
 /// One row of an insert chunk; `args`/`kwargs` travel as strings holding the JSON text, stored as is.
@@ -672,7 +676,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn rescue(&self, request: &RescueRequest) -> Result<RescueReport> {
+    pub async fn rescue(&self, request: &RescueRequest<'_>) -> Result<RescueReport> {
         let alive_since = to_sqlite_text(request.alive_since);
         let now = to_sqlite_text(request.now);
         self.write(async |tx| {
@@ -680,6 +684,9 @@ impl SqliteStore {
                 .bind(&alive_since)
                 .bind(&now)
                 .bind(request.max_crashes)
+                .bind(WORKER_CRASHED_CLASS)
+                .bind(request.now.to_rfc3339())
+                .bind(request.previous_incarnation)
                 .fetch_one(&mut **tx)
                 .await?;
             let plan: Vec<(String, String)> = serde_json::from_str(&plan).map_err(|error| {
@@ -692,6 +699,7 @@ impl SqliteStore {
                     .bind(request.max_crashes)
                     .bind(WORKER_CRASHED_CLASS)
                     .bind(request.now.to_rfc3339())
+                    .bind(request.previous_incarnation)
                     .execute(&mut **tx)
                     .await?;
             }
