@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::WorkerConfig;
-use crate::store::{RescueRequest, Store, WorkerRegistration};
+use crate::store::{LeaderLease, MaintenanceRound, RescueRequest, Store, WorkerRegistration};
 use crate::worker::{EventLevel, Phase, WorkerShared};
 
 /// The lease every worker of a database competes for.
@@ -82,61 +82,53 @@ pub async fn run(
 async fn round(store: &Store, config: &WorkerConfig, shared: &WorkerShared, leader: &mut bool) {
     let events = &shared.events;
     let now = crate::time::now();
-    match store.heartbeat(&config.worker_id, now).await {
-        Ok(true) => {}
-        Ok(false) => {
-            events.push(
-                EventLevel::Warning,
-                format!(
-                    "worker {} was taken for dead (no heartbeat for {:?}); registering again",
-                    config.worker_id, config.dead_after
-                ),
-            );
-            // Not `register`: the tasks under this id are this process's own, still running.
-            if let Err(error) = store.register_worker(&registration(config)).await {
-                events.push(EventLevel::Warning, format!("registering again failed: {error}"));
-            }
-        }
+    let until = now + chrono::Duration::from_std(config.dead_after).unwrap_or(chrono::Duration::MAX);
+    let round = MaintenanceRound {
+        worker: WorkerRegistration { now, ..registration(config) },
+        lease: LeaderLease { name: LEADER_LEASE, worker_id: &config.worker_id, now, expires_at: until },
+        rescue: rescue_request(config, now, None),
+    };
+    let report = match store.maintenance_round(&round).await {
+        Ok(report) => report,
         Err(error) => {
             shared.stats.database_errors.fetch_add(1, Ordering::Relaxed);
-            events.push(EventLevel::Warning, format!("heartbeat failed: {error}"));
+            events.push(EventLevel::Warning, format!("heartbeat and maintenance failed: {error}"));
             return;
         }
-    }
-    let until = now + chrono::Duration::from_std(config.dead_after).unwrap_or(chrono::Duration::MAX);
-    let elected = match store.elect(LEADER_LEASE, &config.worker_id, now, until).await {
-        Ok(elected) => elected,
-        Err(error) => {
-            events.push(EventLevel::Warning, format!("leader election failed: {error}"));
-            false
-        }
     };
-    if elected != *leader {
-        *leader = elected;
-        let news =
-            if elected { "is now the maintenance leader" } else { "is no longer the maintenance leader" };
+    if !report.was_registered {
+        events.push(
+            EventLevel::Warning,
+            format!(
+                "worker {} had been taken for dead (no heartbeat for {:?}) and registered again; results of \
+                 its rescued attempts will be refused",
+                config.worker_id, config.dead_after
+            ),
+        );
+    }
+    if report.leader != *leader {
+        *leader = report.leader;
+        let news = if report.leader {
+            "is now the maintenance leader"
+        } else {
+            "is no longer the maintenance leader"
+        };
         events.push(EventLevel::Info, format!("worker {} {news}", config.worker_id));
     }
-    if !elected {
-        return;
-    }
-    match store.rescue(&rescue_request(config, now, None)).await {
-        Ok(report) => {
-            if !report.requeued.is_empty() || !report.failed.is_empty() {
-                events.push(
-                    EventLevel::Warning,
-                    format!(
-                        "rescued the tasks of dead workers: {} back to READY ({}), {} FAILED after {} crashes ({})",
-                        report.requeued.len(),
-                        report.requeued.join(", "),
-                        report.failed.len(),
-                        config.max_crashes,
-                        report.failed.join(", "),
-                    ),
-                );
-            }
-        }
-        Err(error) => events.push(EventLevel::Warning, format!("rescue failed: {error}")),
+    if let Some(rescue) = report.rescue
+        && (!rescue.requeued.is_empty() || !rescue.failed.is_empty())
+    {
+        events.push(
+            EventLevel::Warning,
+            format!(
+                "rescued the tasks of dead workers: {} back to READY ({}), {} FAILED after {} crashes ({})",
+                rescue.requeued.len(),
+                rescue.requeued.join(", "),
+                rescue.failed.len(),
+                config.max_crashes,
+                rescue.failed.join(", "),
+            ),
+        );
     }
 }
 

@@ -557,7 +557,16 @@ impl Producer<'_> {
 
     /// Sleeps until a wake-up (NOTIFY, SQLite data_version change), the poll interval, or a stop.
     async fn wait_for_work(&mut self) {
-        let interval = jittered(self.config.poll_interval);
+        // With wake-ups that work (NOTIFY, file events) the poll only catches deferred tasks coming due
+        // and lost notifications: it need not be more frequent than the heartbeat, which keeps an idle
+        // worker near one query per second in all (heartbeat round plus this claim).
+        let event_driven = self.waker.as_ref().is_some_and(Waker::is_event_driven);
+        let base = if event_driven {
+            self.config.poll_interval.max(self.config.heartbeat_interval)
+        } else {
+            self.config.poll_interval
+        };
+        let interval = jittered(base);
         let Some(waker) = self.waker.as_mut() else {
             self.pause(interval).await;
             if self.config.listen {

@@ -6,8 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Fixture, claim, default_queue, job, lease, secs, t0};
-use fasttasks_core::store::{RescueRequest, WORKER_CRASHED_CLASS, WorkerRegistration};
+use common::{Fixture, claim, default_queue, job, secs, t0};
+use fasttasks_core::store::{
+    LeaderLease, MaintenanceRound, RescueRequest, RoundReport, WORKER_CRASHED_CLASS, WorkerRegistration,
+};
 use fasttasks_core::{Outcome, OutcomeKind, Store};
 
 on_both_databases! {
@@ -16,12 +18,18 @@ on_both_databases! {
     rescue_requeues_the_tasks_of_dead_workers_only,
     rescue_fails_a_task_that_keeps_killing_its_worker,
     a_restart_under_the_same_id_rescues_the_previous_processes_tasks,
+    a_maintenance_round_heartbeats_elects_and_rescues_in_one_go,
 }
 
 async fn register(store: &Store, worker_id: &str, at: chrono::DateTime<chrono::Utc>) {
     let registration =
         WorkerRegistration { worker_id, backend_name: "default", hostname: "test-host", pid: 4242, now: at };
     store.register_worker(&registration).await.expect("register");
+}
+
+/// A 15 s lease taken at `now`.
+fn lease<'a>(name: &'a str, worker_id: &'a str, now: chrono::DateTime<chrono::Utc>) -> LeaderLease<'a> {
+    LeaderLease { name, worker_id, now, expires_at: now + secs(15) }
 }
 
 fn rescue_at(now: chrono::DateTime<chrono::Utc>, max_crashes: i32) -> RescueRequest<'static> {
@@ -31,27 +39,21 @@ fn rescue_at(now: chrono::DateTime<chrono::Utc>, max_crashes: i32) -> RescueRequ
 
 async fn leader_lease_is_held_by_one_worker_until_it_expires(fx: Arc<Fixture>) {
     let other = fx.new_store().await;
-    let lease_until = |at| at + secs(15);
-    assert!(fx.store.elect("maintenance", "w1", t0(), lease_until(t0())).await.unwrap());
-    assert!(!other.elect("maintenance", "w2", t0() + secs(1), lease_until(t0() + secs(1))).await.unwrap());
+    let at = |n: i64| t0() + secs(n);
+    assert!(fx.store.elect(&lease("maintenance", "w1", at(0))).await.unwrap());
+    assert!(!other.elect(&lease("maintenance", "w2", at(1))).await.unwrap());
     // The holder renews; the other still cannot take it before the renewed lease runs out.
-    assert!(
-        fx.store.elect("maintenance", "w1", t0() + secs(10), lease_until(t0() + secs(10))).await.unwrap()
-    );
-    assert!(!other.elect("maintenance", "w2", t0() + secs(20), lease_until(t0() + secs(20))).await.unwrap());
+    assert!(fx.store.elect(&lease("maintenance", "w1", at(10))).await.unwrap());
+    assert!(!other.elect(&lease("maintenance", "w2", at(20))).await.unwrap());
     // Expired: anyone may take it, and then the old holder may not.
-    assert!(other.elect("maintenance", "w2", t0() + secs(26), lease_until(t0() + secs(26))).await.unwrap());
-    assert!(
-        !fx.store.elect("maintenance", "w1", t0() + secs(27), lease_until(t0() + secs(27))).await.unwrap()
-    );
+    assert!(other.elect(&lease("maintenance", "w2", at(26))).await.unwrap());
+    assert!(!fx.store.elect(&lease("maintenance", "w1", at(27))).await.unwrap());
     // Another lease name is independent.
-    assert!(fx.store.elect("other-duty", "w1", t0() + secs(27), lease_until(t0() + secs(27))).await.unwrap());
+    assert!(fx.store.elect(&lease("other-duty", "w1", at(27))).await.unwrap());
     // A clean exit gives the lease up at once.
     register(&other, "w2", t0()).await;
     other.deregister_worker("w2").await.unwrap();
-    assert!(
-        fx.store.elect("maintenance", "w1", t0() + secs(28), lease_until(t0() + secs(28))).await.unwrap()
-    );
+    assert!(fx.store.elect(&lease("maintenance", "w1", at(28))).await.unwrap());
 }
 
 async fn heartbeat_reports_a_missing_registration(fx: Arc<Fixture>) {
@@ -71,8 +73,8 @@ async fn rescue_requeues_the_tasks_of_dead_workers_only(fx: Arc<Fixture>) {
     fx.store.insert(&[job("a", 4), job("b", 3), job("c", 2), job("d", 1)]).await.unwrap();
     register(&fx.store, "alive", t0()).await;
     register(&fx.store, "dead", t0()).await;
-    let alive = claim(&fx.store, &default_queue(), 2, "alive", lease(), t0()).await;
-    let dead = claim(&fx.store, &default_queue(), 2, "dead", lease(), t0()).await;
+    let alive = claim(&fx.store, &default_queue(), 2, "alive", common::lease(), t0()).await;
+    let dead = claim(&fx.store, &default_queue(), 2, "dead", common::lease(), t0()).await;
     assert!(fx.store.heartbeat("alive", t0() + secs(25)).await.unwrap());
 
     let now = t0() + secs(30);
@@ -107,7 +109,7 @@ async fn rescue_requeues_the_tasks_of_dead_workers_only(fx: Arc<Fixture>) {
     assert_eq!(fx.store.rescue(&rescue_at(now, 3)).await.unwrap(), Default::default());
 
     // The rescued tasks run again elsewhere, and the dead worker's late results are refused.
-    let again = claim(&fx.store, &default_queue(), 10, "alive", lease(), now).await;
+    let again = claim(&fx.store, &default_queue(), 10, "alive", common::lease(), now).await;
     assert_eq!(again.iter().map(|j| j.attempt).collect::<Vec<_>>(), vec![2, 2]);
     let late: Vec<Outcome> = dead
         .iter()
@@ -129,7 +131,7 @@ async fn rescue_fails_a_task_that_keeps_killing_its_worker(fx: Arc<Fixture>) {
     let mut now = t0();
     for crash in 1..=2 {
         register(&fx.store, "victim", now).await;
-        assert_eq!(claim(&fx.store, &default_queue(), 1, "victim", lease(), now).await.len(), 1);
+        assert_eq!(claim(&fx.store, &default_queue(), 1, "victim", common::lease(), now).await.len(), 1);
         now += secs(30);
         let report = fx.store.rescue(&rescue_at(now, 2)).await.unwrap();
         let row = fx.row("poison").await;
@@ -144,13 +146,13 @@ async fn rescue_fails_a_task_that_keeps_killing_its_worker(fx: Arc<Fixture>) {
             assert_eq!(row.errors[1]["attempt"], 2);
         }
     }
-    assert!(claim(&fx.store, &default_queue(), 1, "victim", lease(), now).await.is_empty());
+    assert!(claim(&fx.store, &default_queue(), 1, "victim", common::lease(), now).await.is_empty());
 }
 
 async fn a_restart_under_the_same_id_rescues_the_previous_processes_tasks(fx: Arc<Fixture>) {
     fx.store.insert(&[job("left-over", 1)]).await.unwrap();
     register(&fx.store, "fixed-id", t0()).await;
-    claim(&fx.store, &default_queue(), 1, "fixed-id", lease(), t0()).await;
+    claim(&fx.store, &default_queue(), 1, "fixed-id", common::lease(), t0()).await;
     // The process dies and is restarted at once under the same id: its heartbeat looks fresh.
     let now = t0() + secs(1);
     let plain = fx.store.rescue(&rescue_at(now, 3)).await.unwrap();
@@ -158,4 +160,26 @@ async fn a_restart_under_the_same_id_rescues_the_previous_processes_tasks(fx: Ar
     let restart = RescueRequest { previous_incarnation: Some("fixed-id"), ..rescue_at(now, 3) };
     assert_eq!(fx.store.rescue(&restart).await.unwrap().requeued, vec!["left-over"]);
     assert_eq!(fx.row("left-over").await.status, "READY");
+}
+
+async fn a_maintenance_round_heartbeats_elects_and_rescues_in_one_go(fx: Arc<Fixture>) {
+    fx.store.insert(&[job("orphan", 1)]).await.unwrap();
+    register(&fx.store, "gone", t0()).await;
+    claim(&fx.store, &default_queue(), 1, "gone", common::lease(), t0()).await;
+    let round = |worker_id: &'static str, now| MaintenanceRound {
+        worker: WorkerRegistration { worker_id, backend_name: "default", hostname: "h", pid: 1, now },
+        lease: lease("maintenance", worker_id, now),
+        rescue: rescue_at(now, 3),
+    };
+    let other = fx.new_store().await;
+    // Not registered yet: the round registers, takes the free lease and rescues the orphan.
+    let first = fx.store.maintenance_round(&round("w1", t0() + secs(30))).await.unwrap();
+    assert!(!first.was_registered && first.leader);
+    assert_eq!(first.rescue.unwrap().requeued, vec!["orphan"]);
+    // Another worker: registered by its round, not the leader, no rescue.
+    let second = other.maintenance_round(&round("w2", t0() + secs(31))).await.unwrap();
+    assert_eq!(second, RoundReport { was_registered: false, leader: false, rescue: None });
+    let again = other.maintenance_round(&round("w2", t0() + secs(32))).await.unwrap();
+    assert!(again.was_registered && !again.leader);
+    assert!(fx.store.heartbeat("w1", t0() + secs(33)).await.unwrap());
 }

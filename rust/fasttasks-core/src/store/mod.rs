@@ -68,6 +68,34 @@ pub struct RescueRequest<'a> {
     pub previous_incarnation: Option<&'a str>,
 }
 
+/// A take-or-renew of the leader lease `name` until `expires_at` (see [`Store::elect`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderLease<'a> {
+    pub name: &'a str,
+    pub worker_id: &'a str,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// One maintenance round of a worker, in one transaction: heartbeat (registering again if the
+/// registration is gone), election, and a rescue if this worker holds the lease.
+#[derive(Debug, Clone)]
+pub struct MaintenanceRound<'a> {
+    pub worker: WorkerRegistration<'a>,
+    pub lease: LeaderLease<'a>,
+    pub rescue: RescueRequest<'a>,
+}
+
+/// What a maintenance round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// False: the registration was gone (the worker had been taken for dead) and was made again.
+    pub was_registered: bool,
+    pub leader: bool,
+    /// The rescue, when this worker is the leader.
+    pub rescue: Option<RescueReport>,
+}
+
 /// What `rescue` did: ids of the rows it returned to READY and of those it ended FAILED.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RescueReport {
@@ -206,18 +234,21 @@ impl Store {
         }
     }
 
-    /// Takes or renews the leader lease `name` until `expires_at`: `true` when `worker_id` holds it
-    /// now (it was free, expired at `now`, or already ours).
-    pub async fn elect(
-        &self,
-        name: &str,
-        worker_id: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> Result<bool> {
+    /// Takes or renews a leader lease: `true` when `worker_id` holds it now (it was free, expired at
+    /// `now`, or already ours).
+    pub async fn elect(&self, lease: &LeaderLease<'_>) -> Result<bool> {
         match self {
-            Self::Postgres(store) => store.elect(name, worker_id, now, expires_at).await,
-            Self::Sqlite(store) => store.elect(name, worker_id, now, expires_at).await,
+            Self::Postgres(store) => store.elect(lease).await,
+            Self::Sqlite(store) => store.elect(lease).await,
+        }
+    }
+
+    /// Heartbeat, election and (for the leader) rescue in one transaction: an idle worker's whole
+    /// maintenance costs one round trip per `--heartbeat`.
+    pub async fn maintenance_round(&self, round: &MaintenanceRound<'_>) -> Result<RoundReport> {
+        match self {
+            Self::Postgres(store) => store.maintenance_round(round).await,
+            Self::Sqlite(store) => store.maintenance_round(round).await,
         }
     }
 

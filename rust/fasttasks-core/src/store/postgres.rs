@@ -7,11 +7,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, PgSslMode};
 
 use super::{
-    ClaimRequest, CompletionReport, NOTIFY_CHANNEL, OutcomeWrite, RescueReport, RescueRequest,
-    WORKER_CRASHED_CLASS, WorkerRegistration,
+    ClaimRequest, CompletionReport, LeaderLease, MaintenanceRound, NOTIFY_CHANNEL, OutcomeWrite,
+    RescueReport, RescueRequest, RoundReport, WORKER_CRASHED_CLASS, WorkerRegistration,
 };
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
 use crate::job::{ClaimedJob, NewJob, Outcome};
@@ -408,20 +408,11 @@ impl PostgresStore {
     }
 
     pub async fn register_worker(&self, worker: &WorkerRegistration<'_>) -> Result<()> {
-        sqlx::query(REGISTER_WORKER)
-            .bind(worker.worker_id)
-            .bind(worker.backend_name)
-            .bind(worker.hostname)
-            .bind(i32::try_from(worker.pid).unwrap_or(i32::MAX))
-            .bind(worker.now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        register_on(&mut *self.pool.acquire().await?, worker).await
     }
 
     pub async fn heartbeat(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
-        let result = sqlx::query(HEARTBEAT).bind(worker_id).bind(now).execute(&self.pool).await?;
-        Ok(result.rows_affected() == 1)
+        heartbeat_on(&mut *self.pool.acquire().await?, worker_id, now).await
     }
 
     pub async fn deregister_worker(&self, worker_id: &str) -> Result<()> {
@@ -435,47 +426,27 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub async fn elect(
-        &self,
-        name: &str,
-        worker_id: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> Result<bool> {
-        let result = sqlx::query(ELECT)
-            .bind(name)
-            .bind(worker_id)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() == 1)
+    pub async fn elect(&self, lease: &LeaderLease<'_>) -> Result<bool> {
+        elect_on(&mut *self.pool.acquire().await?, lease).await
     }
 
     pub async fn rescue(&self, request: &RescueRequest<'_>) -> Result<RescueReport> {
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(RESCUE)
-            .bind(request.alive_since)
-            .bind(request.now)
-            .bind(request.max_crashes)
-            .bind(WORKER_CRASHED_CLASS)
-            .bind(request.now.to_rfc3339())
-            .bind(request.previous_incarnation)
-            .fetch_all(&mut *tx)
-            .await?;
-        let dead_workers = sqlx::query("DELETE FROM fasttasks_worker WHERE heartbeat_at < $1")
-            .bind(request.alive_since)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let report = rescue_on(&mut tx, request).await?;
         tx.commit().await?;
-        let mut report = RescueReport { dead_workers, ..RescueReport::default() };
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let status: String = row.try_get("status")?;
-            if status == "FAILED" { report.failed.push(id) } else { report.requeued.push(id) }
-        }
         Ok(report)
+    }
+
+    pub async fn maintenance_round(&self, round: &MaintenanceRound<'_>) -> Result<RoundReport> {
+        let mut tx = self.pool.begin().await?;
+        let was_registered = heartbeat_on(&mut tx, round.worker.worker_id, round.worker.now).await?;
+        if !was_registered {
+            register_on(&mut tx, &round.worker).await?;
+        }
+        let leader = elect_on(&mut tx, &round.lease).await?;
+        let rescue = if leader { Some(rescue_on(&mut tx, &round.rescue).await?) } else { None };
+        tx.commit().await?;
+        Ok(RoundReport { was_registered, leader, rescue })
     }
 
     pub async fn waker(&self) -> Result<PostgresWaker> {
@@ -498,6 +469,58 @@ impl PostgresStore {
 }
 
 /// The claim statement for `request` with its parameters bound, or `None` when nothing can match.
+async fn register_on(connection: &mut PgConnection, worker: &WorkerRegistration<'_>) -> Result<()> {
+    sqlx::query(REGISTER_WORKER)
+        .bind(worker.worker_id)
+        .bind(worker.backend_name)
+        .bind(worker.hostname)
+        .bind(i32::try_from(worker.pid).unwrap_or(i32::MAX))
+        .bind(worker.now)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+async fn heartbeat_on(connection: &mut PgConnection, worker_id: &str, now: Timestamp) -> Result<bool> {
+    let result = sqlx::query(HEARTBEAT).bind(worker_id).bind(now).execute(connection).await?;
+    Ok(result.rows_affected() == 1)
+}
+
+async fn elect_on(connection: &mut PgConnection, lease: &LeaderLease<'_>) -> Result<bool> {
+    let result = sqlx::query(ELECT)
+        .bind(lease.name)
+        .bind(lease.worker_id)
+        .bind(lease.now)
+        .bind(lease.expires_at)
+        .execute(connection)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+async fn rescue_on(connection: &mut PgConnection, request: &RescueRequest<'_>) -> Result<RescueReport> {
+    let rows = sqlx::query(RESCUE)
+        .bind(request.alive_since)
+        .bind(request.now)
+        .bind(request.max_crashes)
+        .bind(WORKER_CRASHED_CLASS)
+        .bind(request.now.to_rfc3339())
+        .bind(request.previous_incarnation)
+        .fetch_all(&mut *connection)
+        .await?;
+    let dead_workers = sqlx::query("DELETE FROM fasttasks_worker WHERE heartbeat_at < $1")
+        .bind(request.alive_since)
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+    let mut report = RescueReport { dead_workers, ..RescueReport::default() };
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let status: String = row.try_get("status")?;
+        if status == "FAILED" { report.failed.push(id) } else { report.requeued.push(id) }
+    }
+    Ok(report)
+}
+
 fn claim_query<'q>(
     request: &ClaimRequest<'_>,
 ) -> Option<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>> {

@@ -20,8 +20,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite, Transaction};
 
 use super::{
-    ClaimRequest, CompletionReport, OutcomeWrite, RescueReport, RescueRequest, WORKER_CRASHED_CLASS,
-    WorkerRegistration,
+    ClaimRequest, CompletionReport, LeaderLease, MaintenanceRound, OutcomeWrite, RescueReport, RescueRequest,
+    RoundReport, WORKER_CRASHED_CLASS, WorkerRegistration,
 };
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
 use crate::job::{ClaimedJob, NewJob, Outcome};
@@ -618,27 +618,11 @@ impl SqliteStore {
     }
 
     pub async fn register_worker(&self, worker: &WorkerRegistration<'_>) -> Result<()> {
-        self.write(async |tx| {
-            sqlx::query(REGISTER_WORKER)
-                .bind(worker.worker_id)
-                .bind(worker.backend_name)
-                .bind(worker.hostname)
-                .bind(i64::from(worker.pid))
-                .bind(to_sqlite_text(worker.now))
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
-        })
-        .await
+        self.write(async |tx| register_on(tx, worker).await).await
     }
 
     pub async fn heartbeat(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
-        self.write(async |tx| {
-            let result =
-                sqlx::query(HEARTBEAT).bind(worker_id).bind(to_sqlite_text(now)).execute(&mut **tx).await?;
-            Ok(result.rows_affected() == 1)
-        })
-        .await
+        self.write(async |tx| heartbeat_on(tx, worker_id, now).await).await
     }
 
     pub async fn deregister_worker(&self, worker_id: &str) -> Result<()> {
@@ -656,63 +640,23 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn elect(
-        &self,
-        name: &str,
-        worker_id: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> Result<bool> {
-        self.write(async |tx| {
-            let result = sqlx::query(ELECT)
-                .bind(name)
-                .bind(worker_id)
-                .bind(to_sqlite_text(now))
-                .bind(to_sqlite_text(expires_at))
-                .execute(&mut **tx)
-                .await?;
-            Ok(result.rows_affected() == 1)
-        })
-        .await
+    pub async fn elect(&self, lease: &LeaderLease<'_>) -> Result<bool> {
+        self.write(async |tx| elect_on(tx, lease).await).await
     }
 
     pub async fn rescue(&self, request: &RescueRequest<'_>) -> Result<RescueReport> {
-        let alive_since = to_sqlite_text(request.alive_since);
-        let now = to_sqlite_text(request.now);
+        self.write(async |tx| rescue_on(tx, request).await).await
+    }
+
+    pub async fn maintenance_round(&self, round: &MaintenanceRound<'_>) -> Result<RoundReport> {
         self.write(async |tx| {
-            let plan: String = sqlx::query_scalar(RESCUE_PLAN)
-                .bind(&alive_since)
-                .bind(&now)
-                .bind(request.max_crashes)
-                .bind(WORKER_CRASHED_CLASS)
-                .bind(request.now.to_rfc3339())
-                .bind(request.previous_incarnation)
-                .fetch_one(&mut **tx)
-                .await?;
-            let plan: Vec<(String, String)> = serde_json::from_str(&plan).map_err(|error| {
-                Error::CorruptRow { id: String::new(), reason: format!("rescue plan: {error}") }
-            })?;
-            if !plan.is_empty() {
-                sqlx::query(RESCUE)
-                    .bind(&alive_since)
-                    .bind(&now)
-                    .bind(request.max_crashes)
-                    .bind(WORKER_CRASHED_CLASS)
-                    .bind(request.now.to_rfc3339())
-                    .bind(request.previous_incarnation)
-                    .execute(&mut **tx)
-                    .await?;
+            let was_registered = heartbeat_on(tx, round.worker.worker_id, round.worker.now).await?;
+            if !was_registered {
+                register_on(tx, &round.worker).await?;
             }
-            let dead_workers = sqlx::query("DELETE FROM fasttasks_worker WHERE heartbeat_at < ?1")
-                .bind(&alive_since)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            let mut report = RescueReport { dead_workers, ..RescueReport::default() };
-            for (id, status) in plan {
-                if status == "FAILED" { report.failed.push(id) } else { report.requeued.push(id) }
-            }
-            Ok(report)
+            let leader = elect_on(tx, &round.lease).await?;
+            let rescue = if leader { Some(rescue_on(tx, &round.rescue).await?) } else { None };
+            Ok(RoundReport { was_registered, leader, rescue })
         })
         .await
     }
@@ -731,6 +675,72 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn register_on(tx: &mut Transaction<'_, Sqlite>, worker: &WorkerRegistration<'_>) -> Result<()> {
+    sqlx::query(REGISTER_WORKER)
+        .bind(worker.worker_id)
+        .bind(worker.backend_name)
+        .bind(worker.hostname)
+        .bind(i64::from(worker.pid))
+        .bind(to_sqlite_text(worker.now))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn heartbeat_on(tx: &mut Transaction<'_, Sqlite>, worker_id: &str, now: Timestamp) -> Result<bool> {
+    let result = sqlx::query(HEARTBEAT).bind(worker_id).bind(to_sqlite_text(now)).execute(&mut **tx).await?;
+    Ok(result.rows_affected() == 1)
+}
+
+async fn elect_on(tx: &mut Transaction<'_, Sqlite>, lease: &LeaderLease<'_>) -> Result<bool> {
+    let result = sqlx::query(ELECT)
+        .bind(lease.name)
+        .bind(lease.worker_id)
+        .bind(to_sqlite_text(lease.now))
+        .bind(to_sqlite_text(lease.expires_at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+async fn rescue_on(tx: &mut Transaction<'_, Sqlite>, request: &RescueRequest<'_>) -> Result<RescueReport> {
+    let alive_since = to_sqlite_text(request.alive_since);
+    let now = to_sqlite_text(request.now);
+    let failed_at = request.now.to_rfc3339();
+    let plan: String = sqlx::query_scalar(RESCUE_PLAN)
+        .bind(&alive_since)
+        .bind(&now)
+        .bind(request.max_crashes)
+        .bind(WORKER_CRASHED_CLASS)
+        .bind(&failed_at)
+        .bind(request.previous_incarnation)
+        .fetch_one(&mut **tx)
+        .await?;
+    let plan: Vec<(String, String)> = serde_json::from_str(&plan)
+        .map_err(|error| Error::CorruptRow { id: String::new(), reason: format!("rescue plan: {error}") })?;
+    if !plan.is_empty() {
+        sqlx::query(RESCUE)
+            .bind(&alive_since)
+            .bind(&now)
+            .bind(request.max_crashes)
+            .bind(WORKER_CRASHED_CLASS)
+            .bind(&failed_at)
+            .bind(request.previous_incarnation)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let dead_workers = sqlx::query("DELETE FROM fasttasks_worker WHERE heartbeat_at < ?1")
+        .bind(&alive_since)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    let mut report = RescueReport { dead_workers, ..RescueReport::default() };
+    for (id, status) in plan {
+        if status == "FAILED" { report.failed.push(id) } else { report.requeued.push(id) }
+    }
+    Ok(report)
 }
 
 async fn complete_one(
