@@ -238,7 +238,9 @@ class Runner:
         entry = self._error_entry(job, exc)
         reply.fail(entry)
         error = TaskError(exception_class_path=exception_class_path(exc), traceback=_format(exc))
-        _set(result, status=TaskResultStatus.FAILED, finished_at=_now(), errors=[*result.errors, error])
+        _setattr(result, "status", TaskResultStatus.FAILED)
+        _setattr(result, "finished_at", _now())
+        _setattr(result, "errors", [*result.errors, error])
         # Sent inside the except block of the caller, so Django's receiver logs the traceback.
         self._send(task_finished, result)
 
@@ -302,6 +304,7 @@ class Runner:
             return self._loop
 
 
+#: TaskResult is a frozen dataclass; backends update it this way (as Django's own backends do).
 _setattr = object.__setattr__
 
 
@@ -327,9 +330,3 @@ def _now() -> datetime:
 
 def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
-
-
-def _set(result: TaskResult[..., Any], **fields: Any) -> None:
-    # TaskResult is a frozen dataclass; backends update it this way (as Django's own backends do).
-    for name, value in fields.items():
-        object.__setattr__(result, name, value)

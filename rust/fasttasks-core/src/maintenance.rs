@@ -11,8 +11,9 @@
 //! - **Rescue** (leader only): RUNNING tasks whose worker has not sent a heartbeat for `dead_after`
 //!   go back to READY with the crash counted, or end FAILED after `max_crashes` crashes.
 //!
-//! With the defaults (2 s, 10 s) a task of a killed worker runs again elsewhere within about 12 s, or
-//! within about 22 s when the killed worker was also the leader (its lease must expire first).
+//! With the defaults (2 s, 10 s) a task of a killed worker runs again elsewhere within about 12 s. That
+//! holds when the killed worker was the leader too: its lease and its last heartbeat were written in the
+//! same round, so both run out together and the next leader rescues it in the round that elects it.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

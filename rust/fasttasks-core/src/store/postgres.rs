@@ -60,8 +60,6 @@ const CLIENT_ONLY_OPTIONS: &[&str] = &[
     "server_side_binding",
 ];
 
-/// Claims from every queue of the backend. The literal `'READY'` matches the predicate of the partial
-/// index `fasttasks_task_ready_idx`, whose order is the `ORDER BY`, so the scan stops after `LIMIT` rows.
 /// Run once on each of the store's connections (used only for the statements in this file).
 ///
 /// The claim must walk `fasttasks_task_ready_idx` in order and stop after `LIMIT` rows. Without table
@@ -73,6 +71,8 @@ const CLIENT_ONLY_OPTIONS: &[&str] = &[
 /// the plan depends on statistics again (autovacuum's ANALYZE).
 const PLANNER_SETTINGS: &str = "SET enable_bitmapscan = off; SET enable_sort = off";
 
+/// Claims from every queue of the backend. The literal `'READY'` matches the predicate of the partial
+/// index `fasttasks_task_ready_idx`, whose order is the `ORDER BY`, so the scan stops after `LIMIT` rows.
 const CLAIM_ALL_QUEUES: &str = "\
 WITH picked AS (
     SELECT id FROM fasttasks_task
@@ -157,6 +157,15 @@ FROM UNNEST($1::text[], $2::int8[]) AS v(id, lease)
 WHERE t.id = v.id AND t.lease_token = v.lease";
 
 /// Writes every column Django's enqueue writes, so rows look the same whoever inserted them.
+const INSERT: &str = "\
+INSERT INTO fasttasks_task (id, task_path, queue_name, backend_name, priority, status, args, kwargs,
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors)
+SELECT v.id, v.task_path, v.queue_name, v.backend_name, v.priority, 'READY', v.args::jsonb, v.kwargs::jsonb,
+    v.run_after, COALESCE(v.run_after, v.enqueued_at), v.enqueued_at, 0, v.max_attempts, '[]', '[]'
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
+    $8::timestamptz[], $9::timestamptz[], $10::int4[])
+    AS v(id, task_path, queue_name, backend_name, priority, args, kwargs, run_after, enqueued_at, max_attempts)";
+
 const REGISTER_WORKER: &str = "\
 INSERT INTO fasttasks_worker (id, backend_name, hostname, pid, started_at, heartbeat_at)
 VALUES ($1, $2, $3, $4, $5, $5)
@@ -202,15 +211,6 @@ SET status = CASE WHEN t.crashes + 1 >= $3 THEN 'FAILED' ELSE 'READY' END,
 FROM lost
 WHERE t.id = lost.id
 RETURNING t.id, t.status";
-
-const INSERT: &str = "\
-INSERT INTO fasttasks_task (id, task_path, queue_name, backend_name, priority, status, args, kwargs,
-    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors)
-SELECT v.id, v.task_path, v.queue_name, v.backend_name, v.priority, 'READY', v.args::jsonb, v.kwargs::jsonb,
-    v.run_after, COALESCE(v.run_after, v.enqueued_at), v.enqueued_at, 0, v.max_attempts, '[]', '[]'
-FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
-    $8::timestamptz[], $9::timestamptz[], $10::int4[])
-    AS v(id, task_path, queue_name, backend_name, priority, args, kwargs, run_after, enqueued_at, max_attempts)";
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {

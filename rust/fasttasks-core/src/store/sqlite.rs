@@ -207,6 +207,22 @@ SELECT json_extract(j.value, '$.id'), json_extract(j.value, '$.task_path'),
     json_extract(j.value, '$.max_attempts'), '[]', '[]'
 FROM json_each(?1) AS j";
 
+/// One row of an insert chunk; `args`/`kwargs` travel as strings holding the JSON text, stored as is.
+#[derive(Serialize)]
+struct InsertRow<'a> {
+    id: &'a str,
+    task_path: &'a str,
+    queue_name: &'a str,
+    backend_name: &'a str,
+    priority: i32,
+    args: &'a str,
+    kwargs: &'a str,
+    run_after: Option<String>,
+    available_at: String,
+    enqueued_at: String,
+    max_attempts: i32,
+}
+
 const REGISTER_WORKER: &str = "\
 INSERT INTO fasttasks_worker (id, backend_name, hostname, pid, started_at, heartbeat_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -254,22 +270,6 @@ WHERE status = 'RUNNING'
         )
         OR worker_id = ?6
     )";
-
-/// One row of an insert chunk; `args`/`kwargs` travel as strings holding the JSON text, stored as is.
-#[derive(Serialize)]
-struct InsertRow<'a> {
-    id: &'a str,
-    task_path: &'a str,
-    queue_name: &'a str,
-    backend_name: &'a str,
-    priority: i32,
-    args: &'a str,
-    kwargs: &'a str,
-    run_after: Option<String>,
-    available_at: String,
-    enqueued_at: String,
-    max_attempts: i32,
-}
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
