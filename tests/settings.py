@@ -7,6 +7,10 @@ Environment:
   directory unique to this run (pid-based), so that worker subprocesses can open the test database.
 * ``FASTTASKS_TEST_DB_NAME``: overrides NAME; a worker subprocess uses it to open the database that
   pytest-django created (``connection.settings_dict["NAME"]`` in the test process).
+* ``FASTTASKS_TEST_SQLITE_TIMEOUT``: SQLite's busy timeout in seconds (default 20).
+* ``FASTTASKS_TEST_CONN_MAX_AGE``: ``CONN_MAX_AGE`` of the database (default 0).
+* ``FASTTASKS_TEST_PG_TEST_NAME``: the database pytest-django creates on PostgreSQL (default
+  ``test_fasttasks``); give each concurrently running suite its own.
 * ``FASTTASKS_TEST_PG_HOST`` / ``_PORT`` / ``_USER`` / ``_PASSWORD``: PostgreSQL connection (default
   127.0.0.1:5432, user postgres, no password).
 """
@@ -80,8 +84,8 @@ if TEST_DB == "postgres":
             "USER": os.environ.get("FASTTASKS_TEST_PG_USER", "postgres"),
             "PASSWORD": os.environ.get("FASTTASKS_TEST_PG_PASSWORD", ""),
             "NAME": _name_override or "fasttasks",
-            # pytest-django creates (and drops) "test_fasttasks".
-            "TEST": {"NAME": "test_fasttasks"},
+            # pytest-django creates (and drops) it; set another name to run two suites at once.
+            "TEST": {"NAME": os.environ.get("FASTTASKS_TEST_PG_TEST_NAME", "test_fasttasks")},
         }
     }
 else:
@@ -95,7 +99,7 @@ else:
             "NAME": _name_override or _sqlite_file,
             "TEST": {"NAME": _name_override or _sqlite_file},
             "OPTIONS": {
-                "timeout": 20,
+                "timeout": float(os.environ.get("FASTTASKS_TEST_SQLITE_TIMEOUT", "20")),
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
         }
@@ -119,6 +123,11 @@ TASKS = {
         "OPTIONS": {"DATABASE": "default", "LISTEN_NOTIFY": False},
     },
 }
+
+# Workers in the reliability tests keep their task threads' connections (as a production project
+# would with CONN_MAX_AGE) instead of opening one per task.
+for _database in DATABASES.values():
+    _database["CONN_MAX_AGE"] = int(os.environ.get("FASTTASKS_TEST_CONN_MAX_AGE", "0"))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

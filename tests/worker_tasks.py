@@ -151,3 +151,24 @@ def kill_own_process(path: str) -> None:
     """A poison task: the worker process running it dies (as on a segfault or an OOM kill)."""
     _append(path, "poison started")
     os._exit(13)
+
+
+#: The table ``log_execution`` writes to; the reliability tests create and drop it.
+EXECUTION_TABLE = "fasttasks_test_execution"
+
+
+@task(takes_context=True)
+def log_execution(context: TaskContext, number: int, seconds: float) -> int:
+    """Records this execution (task, attempt, process, start time) in a table, through Django's
+    connection, then works for ``seconds``: the reliability tests count executions per task."""
+    from django.db import connection
+
+    started = time.time()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {EXECUTION_TABLE} (result_id, number, attempt, pid, started_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            [context.task_result.id, number, context.attempt, os.getpid(), started],
+        )
+    time.sleep(seconds)
+    return os.getpid()

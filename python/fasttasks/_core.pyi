@@ -63,6 +63,8 @@ class WorkerStats(TypedDict):
     database_errors: int
     pending_outcomes: int
     in_flight: int
+    last_heartbeat: float | None  # Unix seconds of the last heartbeat the database accepted
+    leader: bool
 
 class WorkerSummary(WorkerStats):
     elapsed: float
@@ -88,6 +90,8 @@ class Worker:
         heartbeat_interval: float = 2.0,
         dead_after: float = 10.0,
         max_crashes: int = 3,
+        health_port: int | None = None,
+        health_host: str = "0.0.0.0",
     ) -> None: ...
     def start(self) -> None: ...
     def wait(self, timeout: float | None = None) -> bool: ...

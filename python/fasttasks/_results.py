@@ -34,8 +34,9 @@ _task_cache: dict[str, Task[..., Any]] = {}
 def resolve_task(task_path: str) -> Task[..., Any]:
     """Import ``task_path`` and return the ``Task`` it names (cached per path).
 
-    Raise ``InvalidTaskPath`` when the path does not import (the ``ImportError`` is chained) or when the
-    object found is not a ``Task`` (e.g. the function lost its ``@task`` decorator).
+    Raise ``InvalidTaskPath`` when the path does not import (the ``ImportError``, or whatever importing
+    the module raised, is chained) or when the object found is not a ``Task`` (e.g. the function lost
+    its ``@task`` decorator).
     """
     try:
         return _task_cache[task_path]
@@ -45,6 +46,10 @@ def resolve_task(task_path: str) -> Task[..., Any]:
         obj = import_string(task_path)
     except ImportError as exc:
         raise InvalidTaskPath(f"Task path {task_path!r} cannot be imported: {exc}") from exc
+    except Exception as exc:  # the module itself fails to import (its code raised)
+        raise InvalidTaskPath(
+            f"Task path {task_path!r} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(obj, Task):
         raise InvalidTaskPath(
             f"Task path {task_path!r} does not point to a Task (found {type(obj).__module__}."

@@ -51,6 +51,10 @@ class WorkerOptions:
     heartbeat: float = 2.0
     dead_after: float = 10.0
     max_crashes: int = 3
+    health_port: int | None = None  # None: no health server; 0: any free port
+    health_host: str = "0.0.0.0"
+    grace: float = 25.0
+    processes: int = 1
     verbosity: int = 1
 
 
@@ -102,6 +106,25 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--grace",
+        type=_interval,
+        default=25.0,
+        help=(
+            "Seconds running tasks get to finish after the first SIGTERM/SIGINT; then the worker exits "
+            "and they are rescued like a dead worker's (default: 25, below the 30 s after which "
+            "Kubernetes and systemd send SIGKILL)."
+        ),
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help=(
+            "Worker processes to run, each with its own interpreter and GIL, under a supervisor that "
+            "forwards signals and restarts a process that dies (default: 1, no supervisor)."
+        ),
+    )
+    parser.add_argument(
         "--heartbeat",
         type=_interval,
         default=2.0,
@@ -121,6 +144,23 @@ def add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=3,
         help="A task whose worker died this many times ends FAILED instead of running again (default: 3).",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help=(
+            "Serve HTTP health checks on this port: GET /live, /ready (200, or 503 when the heartbeat is "
+            "stale or the worker is stopping) and /health (JSON). 0 picks a free port (logged). Default: off."
+        ),
+    )
+    parser.add_argument(
+        "--health-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="Address the health checks listen on (default: 0.0.0.0, every interface, for probes from "
+        "outside the container).",
     )
 
 
@@ -151,6 +191,10 @@ def options_from_namespace(namespace: argparse.Namespace | dict[str, Any]) -> Wo
         heartbeat=heartbeat,
         dead_after=dead_after,
         max_crashes=values.get("max_crashes", 3),
+        health_port=values.get("health_port"),
+        health_host=values.get("health_host") or "0.0.0.0",
+        grace=values.get("grace", 25.0),
+        processes=values.get("processes", 1),
         verbosity=int(values.get("verbosity", 1)),
     )
 
@@ -180,6 +224,13 @@ def _worker_id(text: str) -> str:
     if not text or len(text) > 64:
         raise argparse.ArgumentTypeError("must be 1 to 64 characters")
     return text
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number, 0 to 65535")
+    return value
 
 
 def default_worker_id() -> str:
@@ -273,6 +324,10 @@ def default_postgres_host(port: int, directories: tuple[str, ...] = SOCKET_DIREC
     return "localhost"
 
 
+#: The pid tells apart the lines of the processes of one ``--processes`` supervisor.
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(verbosity: int) -> None:
     """0: errors only; 1: worker life and failed tasks; 2: every task; 3: debug."""
     from .compat import TASKS_LOGGER_NAME
@@ -284,7 +339,7 @@ def configure_logging(verbosity: int) -> None:
         named.setLevel(level)
         if not named.handlers:
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
             named.addHandler(handler)
             named.propagate = False
 
@@ -292,10 +347,13 @@ def configure_logging(verbosity: int) -> None:
 class _Signals:
     """First SIGINT/SIGTERM: graceful stop. Second: immediate stop."""
 
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: Any, grace: float) -> None:
         self.worker = worker
+        self.grace = grace
         self.count = 0
         self.previous: dict[int, Any] = {}
+        #: When the graceful stop began (monotonic), for ``--grace``.
+        self.stopping_since: float | None = None
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -309,17 +367,34 @@ class _Signals:
         self.count += 1
         name = signal.Signals(signum).name
         if self.count == 1:
+            self.stopping_since = time.monotonic()
             stats = self.worker.stats()
             logger.info(
-                "%s received: stopping — no new tasks; waiting for %d running to finish "
+                "%s received: stopping — no new tasks; waiting up to %gs for %d running to finish "
                 "(send again to exit at once)",
                 name,
+                self.grace,
                 stats["in_flight"],
             )
             self.worker.stop()
         else:
             logger.warning("%s received again: exiting now; running tasks are left unfinished", name)
             self.worker.abort()
+
+    def check_grace(self) -> None:
+        """Past ``--grace`` since the first signal: exit as after a second signal."""
+        if self.count != 1 or self.stopping_since is None:
+            return
+        if time.monotonic() - self.stopping_since < self.grace:
+            return
+        self.count += 1
+        logger.warning(
+            "grace period of %gs is over: exiting now; %d running tasks are left unfinished and will be "
+            "rescued (run again) by the other workers",
+            self.grace,
+            self.worker.stats()["in_flight"],
+        )
+        self.worker.abort()
 
 
 def run_worker(options: WorkerOptions) -> int:
@@ -331,6 +406,13 @@ def run_worker(options: WorkerOptions) -> int:
     from .compat import task_backends
 
     configure_logging(options.verbosity)
+    if options.processes > 1:
+        from ._supervisor import run_supervisor
+
+        return run_supervisor(options)
+    from ._supervisor import die_with_supervisor
+
+    die_with_supervisor()
     try:
         backend = task_backends[options.backend]
     except Exception as exc:
@@ -362,6 +444,8 @@ def run_worker(options: WorkerOptions) -> int:
         heartbeat_interval=options.heartbeat,
         dead_after=options.dead_after,
         max_crashes=options.max_crashes,
+        health_port=options.health_port,
+        health_host=options.health_host,
     )
     queues = "*" if options.queues is None else ",".join(options.queues)
     mode = "batch" if options.batch else "continuous"
@@ -377,12 +461,12 @@ def run_worker(options: WorkerOptions) -> int:
         mode,
         wake_ups,
     )
-    signals = _Signals(worker)
+    signals = _Signals(worker, options.grace)
     signals.install()
     started = time.monotonic()
     try:
         worker.start()
-        _supervise(worker, started)
+        _wait_and_report(worker, signals, started)
     finally:
         signals.restore()
         runner.close()
@@ -415,10 +499,11 @@ def run_worker(options: WorkerOptions) -> int:
     return 0
 
 
-def _supervise(worker: Any, started: float) -> None:
+def _wait_and_report(worker: Any, signals: _Signals, started: float) -> None:
     last_summary = started
     last_done = 0
     while not worker.wait(0.2):
+        signals.check_grace()
         _log_events(worker)
         now = time.monotonic()
         if now - last_summary >= SUMMARY_EVERY:

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fasttasks-worker",
         description="Run fasttasks tasks for a Django project. First SIGINT/SIGTERM: finish running "
-        "tasks and exit 0; second: exit at once.",
+        "tasks (for up to --grace seconds) and exit 0; second: exit at once.",
     )
     parser.add_argument(
         "--settings",

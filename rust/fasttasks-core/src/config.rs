@@ -107,6 +107,12 @@ pub struct WorkerConfig {
     pub dead_after: Duration,
     /// A task whose worker died this many times (a task that kills its process) ends FAILED.
     pub max_crashes: i32,
+    /// Serve health checks over HTTP on this port while the worker runs (see [`crate::health`]);
+    /// `Some(0)` picks a free port (reported in an event). None: no health server.
+    pub health_port: Option<u16>,
+    /// The address the health server binds (`0.0.0.0`: every IPv4 interface, so that an orchestrator
+    /// can probe from outside the container).
+    pub health_host: String,
 }
 
 impl WorkerConfig {
@@ -126,6 +132,8 @@ impl WorkerConfig {
             heartbeat_interval: Duration::from_secs(2),
             dead_after: Duration::from_secs(10),
             max_crashes: 3,
+            health_port: None,
+            health_host: "0.0.0.0".into(),
         }
     }
 
@@ -146,6 +154,9 @@ impl WorkerConfig {
         }
         if self.max_crashes < 1 {
             return Err(crate::Error::Config("max_crashes must be at least 1".into()));
+        }
+        if self.health_port.is_some() && self.health_host.trim().is_empty() {
+            return Err(crate::Error::Config("the health server needs a host to bind (e.g. 0.0.0.0)".into()));
         }
         Ok(())
     }

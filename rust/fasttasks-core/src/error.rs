@@ -12,6 +12,9 @@ pub enum Error {
     /// A row that the store read cannot be turned into a job (bad timestamp text, etc.).
     #[error("corrupt row {id}: {reason}")]
     CorruptRow { id: String, reason: String },
+    /// The health server cannot listen (the port is in use, the host is not an address of this machine).
+    #[error("cannot serve health checks on {address}: {source}")]
+    HealthServer { address: String, source: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

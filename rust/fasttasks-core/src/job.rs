@@ -1,9 +1,18 @@
 //! The job model: what the store hands to an executor, and what comes back.
 
+use chrono::Datelike;
+
 use crate::time::Timestamp;
 
 /// A row the store claimed for this worker: status RUNNING, `attempts` already counting this attempt,
 /// this worker already appended to `worker_ids` (Django's contract: the id is added before the call).
+///
+/// Its timestamps are always within [`in_job_range`]. A stored one that is not (PostgreSQL's
+/// `infinity`, a year past 9999 written by hand, SQLite text that does not parse) is informational
+/// only, so the job still runs: `run_after` becomes `None`, the others the claim time. A row that
+/// cannot be read at all (SQLite: a BLOB or bytes that are not UTF-8 where text belongs, a priority
+/// that is not an integer) is never handed out: the store ends it FAILED at once, under the claim's
+/// lease, with [`corrupt_row_error`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
     pub id: String,
@@ -29,6 +38,36 @@ pub struct ClaimedJob {
     pub worker_ids_json: String,
     /// The fencing token of this claim: the completion must present it.
     pub lease_token: i64,
+}
+
+/// Whether a claimed job may carry this timestamp: the years Python's `datetime` holds (1 to 9999),
+/// since the runner turns each into one.
+pub fn in_job_range(timestamp: &Timestamp) -> bool {
+    (1..=9999).contains(&timestamp.year())
+}
+
+/// The exception class recorded for a claimed row that cannot be read (Django's
+/// `TaskError.exception_class` imports it, so it must exist); the Python runner records a row whose
+/// arguments are not a JSON array and object the same way.
+pub const CORRUPT_ROW_CLASS: &str = "builtins.ValueError";
+
+/// The `errors` entry (JSON text) of a claimed row the store cannot turn into a job: `reason` says
+/// which column holds what; `id` is the row's id as far as it could be read.
+pub fn corrupt_row_error(
+    id: &str,
+    reason: &str,
+    attempt: Option<i64>,
+    worker_id: &str,
+    failed_at: Timestamp,
+) -> String {
+    serde_json::json!({
+        "exception_class_path": CORRUPT_ROW_CLASS,
+        "traceback": format!("ValueError: corrupt task row {id:?}: {reason}\n"),
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "failed_at": failed_at.to_rfc3339(),
+    })
+    .to_string()
 }
 
 /// A job to insert. Production inserts come from Django (`FastTasksBackend.enqueue`); this is for the

@@ -6,9 +6,12 @@
 //! - [`store`]: claiming, completing and releasing jobs on PostgreSQL or SQLite.
 //! - [`worker`]: the services of one worker process (producer, completer) around an executor that
 //!   the binding crate provides (Python threads) or the tests provide (plain Rust closures).
+//! - [`maintenance`]: heartbeats, leader election and the rescue of dead workers' tasks.
+//! - [`health`]: the HTTP health checks a worker serves with `--health-port`.
 
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod job;
 pub mod maintenance;
 pub mod schema;

@@ -16,7 +16,7 @@
 //! same round, so both run out together and the next leader rescues it in the round that elects it.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -30,11 +30,15 @@ pub const LEADER_LEASE: &str = "maintenance";
 /// Registers this worker. Called once before the first claim: a worker that cannot register does not
 /// claim, since its tasks would look abandoned to every rescuer. Tasks still RUNNING under this worker id
 /// belong to a previous process that used the same id and died: they are rescued first, or they would
-/// pass for this worker's own.
-pub async fn register(store: &Store, config: &WorkerConfig) -> crate::Result<()> {
+/// pass for this worker's own. The registration counts as the worker's first heartbeat (in
+/// `shared`'s stats, for the health checks).
+pub async fn register(store: &Store, config: &WorkerConfig, shared: &WorkerShared) -> crate::Result<()> {
+    let taken = Instant::now();
     let registration = registration(config);
     store.rescue(&rescue_request(config, registration.now, Some(&config.worker_id))).await?;
-    store.register_worker(&registration).await
+    store.register_worker(&registration).await?;
+    shared.stats.record_heartbeat(registration.now, taken);
+    Ok(())
 }
 
 fn rescue_request<'a>(
@@ -82,6 +86,7 @@ pub async fn run(
 
 async fn round(store: &Store, config: &WorkerConfig, shared: &WorkerShared, leader: &mut bool) {
     let events = &shared.events;
+    let taken = Instant::now();
     let now = crate::time::now();
     let until = now + chrono::Duration::from_std(config.dead_after).unwrap_or(chrono::Duration::MAX);
     let round = MaintenanceRound {
@@ -97,6 +102,9 @@ async fn round(store: &Store, config: &WorkerConfig, shared: &WorkerShared, lead
             return;
         }
     };
+    // The round wrote `now` as this worker's heartbeat (registering it again if it had been removed).
+    shared.stats.record_heartbeat(now, taken);
+    shared.stats.leader.store(report.leader, Ordering::Relaxed);
     if !report.was_registered {
         events.push(
             EventLevel::Warning,

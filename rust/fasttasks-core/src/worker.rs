@@ -15,7 +15,7 @@
 //! return. [`WorkerControl::abort`] (second signal): the same without waiting for running tasks.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::config::WorkerConfig;
 use crate::job::{ClaimedJob, Outcome, OutcomeKind};
 use crate::store::{ClaimRequest, Store, Waker};
+use crate::time::Timestamp;
 
 /// The longest pause between retries of a failing database call.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -38,6 +39,9 @@ const ABORT_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 const DEREGISTER_DEADLINE: Duration = Duration::from_secs(2);
 /// Events kept for the host to read; older ones are dropped (and counted) past this.
 const MAX_QUEUED_EVENTS: usize = 1_000;
+/// How long after a failed claim its lease token is still handed back (see
+/// `Producer::settle_doubtful_claims`).
+const DOUBTFUL_CLAIM_SETTLE: Duration = Duration::from_secs(5);
 /// Claim-ahead covers what the executor starts in this much time at its recent pace. A claimed task
 /// waits for a slot about this long at most, so a task enqueued later at a higher priority (or another,
 /// idle worker) is kept waiting by claim-ahead no longer than this; in exchange claims are large
@@ -118,6 +122,18 @@ pub struct WorkerStats {
     pub pending_outcomes: AtomicU64,
     /// Jobs handed to the executor whose outcome has not come back.
     pub in_flight: AtomicU64,
+    /// The last heartbeat the database accepted (registration included); see [`WorkerStats::heartbeat`].
+    heartbeat: Mutex<Option<HeartbeatMark>>,
+    /// Whether the last maintenance round found this worker holding the leader lease.
+    pub leader: AtomicBool,
+}
+
+/// When the worker's row last moved forward: the time written (what rescuers compare) and the
+/// monotonic instant it was taken, so that its age does not depend on wall-clock jumps.
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatMark {
+    pub at: Timestamp,
+    pub taken: Instant,
 }
 
 /// A copy of the counters at one moment.
@@ -132,6 +148,9 @@ pub struct StatsSnapshot {
     pub database_errors: u64,
     pub pending_outcomes: u64,
     pub in_flight: u64,
+    /// The time of the last successful heartbeat (or registration), None before the first.
+    pub last_heartbeat: Option<Timestamp>,
+    pub leader: bool,
 }
 
 impl WorkerStats {
@@ -147,7 +166,21 @@ impl WorkerStats {
             database_errors: load(&self.database_errors),
             pending_outcomes: load(&self.pending_outcomes),
             in_flight: load(&self.in_flight),
+            last_heartbeat: self.heartbeat().map(|mark| mark.at),
+            leader: self.leader.load(Ordering::Relaxed),
         }
+    }
+
+    /// Records a heartbeat the database accepted: `at` is the time written, `taken` when it was read
+    /// from the clock (before the round's statements ran).
+    pub fn record_heartbeat(&self, at: Timestamp, taken: Instant) {
+        let mut mark = self.heartbeat.lock().unwrap_or_else(|poison| poison.into_inner());
+        *mark = Some(HeartbeatMark { at, taken });
+    }
+
+    /// The last heartbeat the database accepted, None before registration.
+    pub fn heartbeat(&self) -> Option<HeartbeatMark> {
+        *self.heartbeat.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -336,8 +369,21 @@ pub async fn run(
 ) -> crate::Result<RunSummary> {
     config.validate()?;
     let started = Instant::now();
+    // Up before registration (it answers 503 until then) and down only after the last write, so that
+    // a probe sees the whole life of the worker; a port in use stops the worker before it claims.
+    let health = match config.health_port {
+        Some(_) => {
+            let server = crate::health::HealthServer::start(&config, shared.clone()).await?;
+            shared.events.push(
+                EventLevel::Info,
+                format!("health checks on http://{} (/live, /ready, /health)", server.local_addr()),
+            );
+            Some(server)
+        }
+        None => None,
+    };
     // Registered before the first claim, so that no rescuer takes this worker's tasks for abandoned.
-    crate::maintenance::register(&store, &config).await?;
+    crate::maintenance::register(&store, &config, &shared).await?;
     let maintenance = tokio::spawn(crate::maintenance::run(
         store.clone(),
         config.clone(),
@@ -365,8 +411,10 @@ pub async fn run(
         waker: None,
         claimed_total: 0,
         pace: Pace::new(),
+        doubtful_claims: Vec::new(),
     };
     producer.run().await;
+    producer.settle_doubtful_claims().await;
     let Producer { outcome_sender, mut phase, .. } = producer;
 
     // Stopped by a signal: tickets still in the channel were claimed but never started; hand them
@@ -398,6 +446,9 @@ pub async fn run(
     // Heartbeats stop only now: until the last result is written, the running tasks are ours.
     maintenance.abort();
     crate::maintenance::deregister(&store, &config, &shared, DEREGISTER_DEADLINE).await;
+    if let Some(server) = health {
+        server.stop().await;
+    }
     Ok(RunSummary { stats: shared.stats.snapshot(), elapsed: started.elapsed(), aborted })
 }
 
@@ -412,6 +463,8 @@ struct Producer<'a> {
     waker: Option<Waker>,
     claimed_total: u64,
     pace: Pace,
+    /// Lease tokens of claims whose answer was lost, with when: see [`Producer::settle_doubtful_claims`].
+    doubtful_claims: Vec<(i64, Instant)>,
 }
 
 /// The executor's recent pace (tickets returned per second), smoothed.
@@ -465,6 +518,7 @@ impl Producer<'_> {
             if remaining == Some(0) {
                 return;
             }
+            self.settle_doubtful_claims().await;
             // Demand = free slots: idle execution slots plus the claim-ahead window, less what is in
             // flight. With a window, wait until half of it is free, so that claims stay large while the
             // tickets still queued keep the executor busy.
@@ -537,15 +591,47 @@ impl Producer<'_> {
     }
 
     async fn claim(&mut self, limit: usize) -> crate::Result<Vec<ClaimedJob>> {
+        let lease_token = rand::random::<i64>();
         let request = ClaimRequest {
             backend_name: &self.config.backend_name,
             queues: &self.config.queues,
             limit,
             worker_id: &self.config.worker_id,
-            lease_token: rand::random::<i64>(),
+            lease_token,
             now: crate::time::now(),
         };
-        self.store.claim(&request).await
+        let result = self.store.claim(&request).await;
+        if result.is_err() {
+            self.doubtful_claims.push((lease_token, Instant::now()));
+        }
+        result
+    }
+
+    /// A claim that failed may still have been committed: the connection can drop after the database
+    /// committed and before the answer arrived (a server restart, a killed backend). Its rows would
+    /// stay RUNNING under this worker, which is alive, so no rescuer would take them, and nothing
+    /// would run them. They are handed back by lease token once the database answers again, and
+    /// again for [`DOUBTFUL_CLAIM_SETTLE`] after the failure, in case the old server process was
+    /// still finishing the statement.
+    async fn settle_doubtful_claims(&mut self) {
+        if self.doubtful_claims.is_empty() {
+            return;
+        }
+        let tokens: Vec<i64> = self.doubtful_claims.iter().map(|(token, _)| *token).collect();
+        // While the database is still away this fails, and so does the next claim, which backs off.
+        if let Ok(released) = self.store.release_leases(&tokens).await {
+            if released > 0 {
+                self.shared.stats.released.fetch_add(released, Ordering::Relaxed);
+                self.shared.events.push(
+                    EventLevel::Warning,
+                    format!(
+                        "handed back {released} tasks of a claim whose answer was lost with the database \
+                         connection"
+                    ),
+                );
+            }
+            self.doubtful_claims.retain(|(_, failed_at)| failed_at.elapsed() < DOUBTFUL_CLAIM_SETTLE);
+        }
     }
 
     /// Batch mode ends on an empty claim made while nothing was running and every outcome was written:

@@ -71,6 +71,7 @@ async fn heartbeat_reports_a_missing_registration(fx: Arc<Fixture>) {
 
 async fn rescue_requeues_the_tasks_of_dead_workers_only(fx: Arc<Fixture>) {
     fx.store.insert(&[job("a", 4), job("b", 3), job("c", 2), job("d", 1)]).await.unwrap();
+    let enqueued_available_at = [fx.row("c").await.available_at, fx.row("d").await.available_at];
     register(&fx.store, "alive", t0()).await;
     register(&fx.store, "dead", t0()).await;
     let alive = claim(&fx.store, &default_queue(), 2, "alive", common::lease(), t0()).await;
@@ -88,11 +89,12 @@ async fn rescue_requeues_the_tasks_of_dead_workers_only(fx: Arc<Fixture>) {
     for id in ["a", "b"] {
         assert_eq!(fx.row(id).await.status, "RUNNING", "{id} belongs to a live worker");
     }
-    for id in ["c", "d"] {
+    for (id, available_at) in ["c", "d"].into_iter().zip(enqueued_available_at) {
         let row = fx.row(id).await;
         assert_eq!(row.status, "READY");
         assert_eq!(row.attempts, 1, "the crashed attempt stays counted");
-        assert_eq!(row.available_at, now);
+        // Its place in the queue is kept: a rescued task runs next, not after the whole backlog.
+        assert_eq!(row.available_at, available_at);
         assert_eq!((row.worker_id, row.lease_token, row.finished_at), (None, None, None));
         let errors = row.errors.as_array().unwrap();
         assert_eq!(errors.len(), 1);

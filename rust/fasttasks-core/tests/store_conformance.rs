@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Admin, Fixture, Kind, claim, default_queue, ids, job, lease, secs, t0};
-use fasttasks_core::store::ClaimRequest;
+use fasttasks_core::store::{ClaimRequest, RescueRequest};
 use fasttasks_core::{ClaimedJob, NewJob, Outcome, OutcomeKind, QueueFilter, Store};
 use serde_json::{Value, json};
 
@@ -29,10 +29,14 @@ on_both_databases! {
     stale_lease_completion_is_rejected_and_reported,
     unstorable_json_fails_only_that_attempt,
     release_restores_ready_state,
+    release_leases_hands_back_a_whole_claim,
     waker_wakes_on_write_from_elsewhere,
     waker_times_out_without_writes,
     waker_ignores_claims_that_find_nothing,
     django_written_timestamps_parse,
+    values_no_job_carries_do_not_stop_the_claim,
+    json_lists_that_are_not_arrays_keep_every_entry,
+    rescue_counts_a_crash_at_the_integer_limit,
 }
 
 fn success(job: &ClaimedJob, return_json: &str, finished_at: chrono::DateTime<chrono::Utc>) -> Outcome {
@@ -438,6 +442,28 @@ async fn release_restores_ready_state(fx: Arc<Fixture>) {
     assert_eq!(row.errors.as_array().unwrap().len(), 1);
 }
 
+/// A claim whose answer was lost is handed back by its lease token alone; other claims are untouched.
+async fn release_leases_hands_back_a_whole_claim(fx: Arc<Fixture>) {
+    fx.store.insert(&[job("a", 4), job("b", 3), job("c", 2), job("d", 1)]).await.unwrap();
+    let lost_lease = lease();
+    let lost = claim(&fx.store, &default_queue(), 2, "w1", lost_lease, t0()).await;
+    let kept = claim(&fx.store, &default_queue(), 1, "w1", lease(), t0()).await;
+    assert_eq!(lost.len(), 2);
+
+    assert_eq!(fx.store.release_leases(&[lost_lease, lease()]).await.unwrap(), 2);
+    for job in &lost {
+        let row = fx.row(&job.id).await;
+        assert_eq!((row.status.as_str(), row.attempts, row.worker_ids.clone()), ("READY", 0, json!([])));
+        assert_eq!((row.worker_id, row.lease_token, row.started_at), (None, None, None));
+    }
+    assert_eq!(fx.row(&kept[0].id).await.status, "RUNNING");
+    assert_eq!(fx.store.release_leases(&[lost_lease]).await.unwrap(), 0, "nothing left to hand back");
+    assert_eq!(fx.store.release_leases(&[]).await.unwrap(), 0);
+    // Handed back tasks are claimed again, first in line.
+    let again = claim(&fx.store, &default_queue(), 2, "w2", lease(), t0()).await;
+    assert_eq!(again.iter().map(|job| job.id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+}
+
 /// Makes "someone else wrote" happen: a NOTIFY from another connection on PostgreSQL (what Django's
 /// enqueue sends), an insert through another store on SQLite.
 async fn write_elsewhere(fx: &Fixture, other: &Store, id: &str) {
@@ -525,6 +551,179 @@ async fn django_written_timestamps_parse(fx: Arc<Fixture>) {
     assert_eq!(report.applied, 1);
     let row = fx.row("dj").await;
     assert_eq!((row.status.as_str(), row.finished_at), ("SUCCESSFUL", Some(midnight + secs(1))));
+}
+
+/// One task row written by hand (not through the store), in the fixture's dialect: `values` gives
+/// run_after, available_at, enqueued_at, attempts and worker_ids as SQL literals.
+fn hand_written_row(id: &str, values: [&str; 5]) -> String {
+    let [run_after, available_at, enqueued_at, attempts, worker_ids] = values;
+    format!(
+        "INSERT INTO fasttasks_task (id, task_path, queue_name, backend_name, priority, status, args, kwargs, \
+         run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors) VALUES \
+         ('{id}', 'tests.tasks.noop', 'default', 'default', 0, 'READY', '[]', '{{}}', {run_after}, \
+         {available_at}, {enqueued_at}, {attempts}, 1, {worker_ids}, '[]')"
+    )
+}
+
+/// Rows edited by hand with values that are legal in the table but that no job can carry (timestamps
+/// beyond chrono's or Python's range, PostgreSQL's `infinity`, `attempts` at the integer limit): the
+/// claim neither fails nor panics, and they run. The timestamps fall back as unparseable text does
+/// (`run_after` none, the others the claim time); the attempt count saturates instead of overflowing.
+async fn values_no_job_carries_do_not_stop_the_claim(fx: Arc<Fixture>) {
+    let (past, limit) = match fx.kind {
+        Kind::Sqlite => ("'2020-01-01 00:00:00'", "9223372036854775807"),
+        Kind::Postgres => ("'2020-01-01 00:00:00+00'", "2147483647"),
+    };
+    let odd: Vec<(&str, [&str; 3])> = match fx.kind {
+        Kind::Sqlite => vec![
+            ("year-20000", ["'20000-01-01 00:00:00'", past, "'20000-01-01 00:00:00'"]),
+            ("year-0", ["'0000-06-01 00:00:00'", past, "'0000-06-01 00:00:00'"]),
+            ("number", ["0", "0", "0"]),
+        ],
+        Kind::Postgres => vec![
+            ("infinity", ["'infinity'", past, "'infinity'"]),
+            ("minus-infinity", ["'-infinity'", "'-infinity'", "'-infinity'"]),
+            ("beyond-chrono", ["'294276-12-31 23:59:59+00'", past, "'294276-12-31 23:59:59+00'"]),
+            ("year-20000", ["'20000-01-01 00:00:00+00'", past, "'20000-01-01 00:00:00+00'"]),
+            ("before-christ", ["'4000-01-01 00:00:00+00 BC'", past, "'4000-01-01 00:00:00+00 BC'"]),
+        ],
+    };
+    for (id, [run_after, available_at, enqueued_at]) in &odd {
+        fx.exec(&hand_written_row(id, [run_after, available_at, enqueued_at, "0", "'[]'"])).await;
+    }
+    fx.exec(&hand_written_row("at-the-limit", ["NULL", past, past, limit, "'[]'"])).await;
+    fx.store.insert(&[job("fine", 1)]).await.unwrap();
+
+    let claimed = claim(&fx.store, &QueueFilter::All, 100, "w1", lease(), t0()).await;
+    let by_id: HashMap<&str, &ClaimedJob> = claimed.iter().map(|job| (job.id.as_str(), job)).collect();
+    assert_eq!(by_id.len(), odd.len() + 2, "every row is claimed: {:?}", ids(&claimed));
+    for (id, _) in &odd {
+        let job = by_id[id];
+        assert_eq!((job.run_after, job.enqueued_at, job.started_at), (None, t0(), t0()), "{id}");
+    }
+    assert_eq!(by_id["at-the-limit"].attempt, i32::MAX);
+    assert_eq!(by_id["fine"].enqueued_at, t0() - secs(1));
+
+    let outcomes: Vec<Outcome> = claimed.iter().map(|job| success(job, "null", t0())).collect();
+    assert_eq!(fx.store.complete(&outcomes).await.unwrap().applied, claimed.len() as u64);
+    assert_eq!(fx.count("SUCCESSFUL").await, claimed.len() as i64);
+}
+
+/// `worker_ids` and `errors` edited by hand to JSON that is not an array: the claim and the completion
+/// still append (the old value kept as the first element, as PostgreSQL's `||` does), on both databases.
+async fn json_lists_that_are_not_arrays_keep_every_entry(fx: Arc<Fixture>) {
+    let past = match fx.kind {
+        Kind::Sqlite => "'2020-01-01 00:00:00'",
+        Kind::Postgres => "'2020-01-01 00:00:00+00'",
+    };
+    for (id, value) in [("null", "'null'"), ("object", "'{\"old\": 1}'"), ("number", "'7'")] {
+        fx.exec(&hand_written_row(id, ["NULL", past, past, "0", value])).await;
+        fx.exec(&format!("UPDATE fasttasks_task SET errors = {value} WHERE id = '{id}'")).await;
+    }
+    let claimed = claim(&fx.store, &QueueFilter::All, 10, "w1", lease(), t0()).await;
+    assert_eq!(claimed.len(), 3);
+    let error = error_object("boom");
+    let outcomes: Vec<Outcome> = claimed
+        .iter()
+        .map(|job| {
+            let retry_at = (job.id == "number").then(|| t0() + secs(5));
+            failure(job, &error, retry_at, t0())
+        })
+        .collect();
+    assert_eq!(fx.store.complete(&outcomes).await.unwrap().applied, 3);
+    for (id, old) in [("null", json!(null)), ("object", json!({"old": 1})), ("number", json!(7))] {
+        let row = fx.row(id).await;
+        assert_eq!(row.worker_ids, json!([old.clone(), "w1"]), "{id}");
+        assert_eq!(row.errors, json!([old, error.clone()]), "{id}");
+        let expected = if id == "number" { "READY" } else { "FAILED" };
+        assert_eq!(row.status, expected, "{id}");
+    }
+}
+
+/// A RUNNING row of a dead worker whose `crashes` was set to the integer limit: the rescue ends it
+/// FAILED instead of overflowing (which would fail every rescue round, for every dead worker's task).
+async fn rescue_counts_a_crash_at_the_integer_limit(fx: Arc<Fixture>) {
+    fx.store.insert(&[job("poison", 1), job("other", 2)]).await.unwrap();
+    claim(&fx.store, &QueueFilter::All, 10, "ghost", lease(), t0()).await;
+    fx.exec("UPDATE fasttasks_task SET crashes = 2147483647 WHERE id = 'poison'").await;
+    let request =
+        RescueRequest { now: t0(), alive_since: t0() - secs(10), max_crashes: 3, previous_incarnation: None };
+    let report = fx.store.rescue(&request).await.expect("rescue");
+    assert_eq!((report.failed, report.requeued), (vec!["poison".to_owned()], vec!["other".to_owned()]));
+    assert_eq!(fx.row("poison").await.status, "FAILED");
+}
+
+/// SQLite only (PostgreSQL's typed columns cannot hold these): rows a claim cannot give as jobs (a BLOB
+/// where text belongs, bytes that are not UTF-8, a priority that is not an integer) end FAILED inside the
+/// claim, by rowid and fenced by its lease, with an error naming the column; the claim returns the
+/// others, and nothing is left RUNNING. Without this, SQLite's JSON functions (or the decoding) failed
+/// the whole claim, every round: no task ran at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_unreadable_rows_end_failed_inside_the_claim() {
+    common::run(Kind::Sqlite, |fx: Arc<Fixture>| async move {
+        let past = "'2020-01-01 00:00:00'";
+        let row = |id: &str, task_path: &str, priority: &str, args: &str, worker_ids: &str| {
+            format!(
+                "INSERT INTO fasttasks_task (id, task_path, queue_name, backend_name, priority, status, args, \
+                 kwargs, available_at, enqueued_at, worker_ids) VALUES ({id}, {task_path}, 'default', \
+                 'default', {priority}, 'READY', {args}, '{{}}', {past}, {past}, {worker_ids})"
+            )
+        };
+        let noop = "'tests.tasks.noop'";
+        fx.exec(&row("'blob-args'", noop, "0", "X'5B5D'", "'[]'")).await;
+        fx.exec(&row("'blob-path'", "X'6E6F6F70'", "0", "'[]'", "'[]'")).await;
+        fx.exec(&row("CAST(X'6964FF' AS TEXT)", noop, "0", "'[]'", "'[]'")).await;
+        fx.exec(&row("'bad-utf8-args'", noop, "0", "CAST(X'5B22FF225D' AS TEXT)", "'[]'")).await;
+        fx.exec(&format!(
+            "PRAGMA ignore_check_constraints = ON; {}; {}; PRAGMA ignore_check_constraints = OFF",
+            row("'text-priority'", noop, "'high'", "'[]'", "'[]'"),
+            row("'worker-ids-not-json'", noop, "0", "'[]'", "'not json'"),
+        ))
+        .await;
+        fx.store.insert(&[job("fine", 1)]).await.unwrap();
+
+        let lease_token = lease();
+        let claimed = claim(&fx.store, &default_queue(), 100, "w1", lease_token, t0()).await;
+        assert_eq!(ids(&claimed), ["worker-ids-not-json", "fine"]);
+        assert_eq!(claimed[0].worker_ids_json, r#"["not json","w1"]"#);
+        assert_eq!(fx.count("RUNNING").await, 2);
+        assert_eq!(fx.count("FAILED").await, 5);
+
+        let Admin::Sqlite(pool) = &fx.admin else { unreachable!() };
+        /// id (bytes), errors, finished_at, lease_token.
+        type FailedRow = (Vec<u8>, String, Option<String>, Option<i64>);
+        let failed: Vec<FailedRow> = sqlx::query_as(
+            "SELECT CAST(id AS BLOB), errors, finished_at, lease_token FROM fasttasks_task \
+             WHERE status = 'FAILED' ORDER BY rowid",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let expected = [
+            ("blob-args", "column args holds a BLOB (2 bytes), not text"),
+            ("noop", "column task_path holds a BLOB (4 bytes), not text"),
+            ("id\u{fffd}", "column id holds text that is not valid UTF-8"),
+            ("bad-utf8-args", "column args holds text that is not valid UTF-8"),
+            ("text-priority", "column priority holds a text value, not an integer"),
+        ];
+        for ((id, errors, finished_at, lease), (expected_id, reason)) in failed.iter().zip(expected) {
+            let errors: Value = serde_json::from_str(errors).unwrap();
+            let entry = &errors[0];
+            let traceback = entry["traceback"].as_str().unwrap();
+            assert!(traceback.contains(reason), "{traceback}");
+            assert!(traceback.contains("corrupt task row"), "{traceback}");
+            if expected_id != "noop" {
+                assert!(traceback.contains(&format!("{expected_id:?}")), "{traceback}");
+                assert!(String::from_utf8_lossy(id).starts_with(&expected_id[..2]));
+            }
+            assert_eq!(entry["exception_class_path"], "builtins.ValueError");
+            assert_eq!((entry["attempt"].clone(), entry["worker_id"].clone()), (json!(1), json!("w1")));
+            assert_eq!((finished_at.is_some(), *lease), (true, None));
+        }
+        // Nothing unreadable is left to trip the next claim.
+        assert!(claim(&fx.store, &QueueFilter::All, 100, "w1", lease(), t0()).await.is_empty());
+    })
+    .await;
 }
 
 /// SQLite only (PostgreSQL's typed columns cannot hold it): a timestamp text that does not parse must

@@ -25,7 +25,7 @@ pub fn to_py(error: fasttasks_core::Error) -> PyErr {
 pub fn to_py_ref(error: &fasttasks_core::Error) -> PyErr {
     use fasttasks_core::Error;
     match error {
-        Error::Config(_) => ConfigurationError::new_err(error.to_string()),
+        Error::Config(_) | Error::HealthServer { .. } => ConfigurationError::new_err(error.to_string()),
         Error::Database(_) | Error::CorruptRow { .. } => DatabaseError::new_err(error.to_string()),
     }
 }

@@ -51,7 +51,7 @@ impl Worker {
     /// `database`: see `settings::database_config`. `runner`: an object with `execute(job, reply)` and
     /// `thread_exit()` (`fasttasks._runner.Runner`). `queues=None` means every queue.
     #[new]
-    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, prefetch=1000, batch=false, max_tasks=None, poll_interval=1.0, listen=true, hostname=None, heartbeat_interval=2.0, dead_after=10.0, max_crashes=3))]
+    #[pyo3(signature = (database, runner, *, backend, worker_id, queues=None, concurrency=8, prefetch=1000, batch=false, max_tasks=None, poll_interval=1.0, listen=true, hostname=None, heartbeat_interval=2.0, dead_after=10.0, max_crashes=3, health_port=None, health_host=String::from("0.0.0.0")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         database: &Bound<'_, PyDict>,
@@ -69,6 +69,8 @@ impl Worker {
         heartbeat_interval: f64,
         dead_after: f64,
         max_crashes: i32,
+        health_port: Option<u16>,
+        health_host: String,
     ) -> PyResult<Self> {
         let database = database_config(database)?;
         let mut config = WorkerConfig::new(backend, worker_id);
@@ -103,6 +105,8 @@ impl Worker {
         config.heartbeat_interval = Duration::from_secs_f64(heartbeat_interval);
         config.dead_after = Duration::from_secs_f64(dead_after);
         config.max_crashes = max_crashes;
+        config.health_port = health_port;
+        config.health_host = health_host;
         config.validate().map_err(to_py)?;
         Ok(Self { database, config, runner, shared: worker::new_shared(), state: Mutex::new(State::Ready) })
     }
@@ -191,7 +195,8 @@ impl Worker {
     }
 
     /// Counters so far: claimed, succeeded, failed, retried, released, stale, database_errors,
-    /// pending_outcomes, in_flight.
+    /// pending_outcomes, in_flight; and last_heartbeat (Unix seconds of the last heartbeat the
+    /// database accepted, None before registration) and leader (holds the maintenance lease).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         stats_dict(py, &self.shared.stats.snapshot())
     }
@@ -287,5 +292,8 @@ fn stats_dict<'py>(py: Python<'py>, stats: &worker::StatsSnapshot) -> PyResult<B
     dict.set_item("database_errors", stats.database_errors)?;
     dict.set_item("pending_outcomes", stats.pending_outcomes)?;
     dict.set_item("in_flight", stats.in_flight)?;
+    let last_heartbeat = stats.last_heartbeat.map(|at| at.timestamp_micros() as f64 / 1_000_000.0);
+    dict.set_item("last_heartbeat", last_heartbeat)?;
+    dict.set_item("leader", stats.leader)?;
     Ok(dict)
 }

@@ -17,7 +17,10 @@ from fasttasks._worker import (
 
 
 class Command(BaseCommand):
-    help = "Run fasttasks tasks. First SIGINT/SIGTERM: finish running tasks and exit 0; second: exit at once."
+    help = (
+        "Run fasttasks tasks. First SIGINT/SIGTERM: finish running tasks (for up to --grace seconds) "
+        "and exit 0; second: exit at once."
+    )
     # The worker checks its own configuration; Django's full system checks would only slow start-up.
     requires_system_checks = []  # noqa: RUF012 — Django declares it as an instance attribute
 

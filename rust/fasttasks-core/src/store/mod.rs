@@ -210,6 +210,20 @@ impl Store {
         }
     }
 
+    /// Hands back, as [`Store::release`] does, every task still RUNNING under one of these claims'
+    /// lease tokens. For claims whose answer was lost (the connection failed after the database may
+    /// have committed them): their rows would otherwise stay RUNNING under a live worker that never
+    /// runs them, which no rescuer takes.
+    pub async fn release_leases(&self, lease_tokens: &[i64]) -> Result<u64> {
+        if lease_tokens.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Self::Postgres(store) => store.release_leases(lease_tokens).await,
+            Self::Sqlite(store) => store.release_leases(lease_tokens).await,
+        }
+    }
+
     pub async fn register_worker(&self, worker: &WorkerRegistration<'_>) -> Result<()> {
         match self {
             Self::Postgres(store) => store.register_worker(worker).await,

@@ -6,15 +6,17 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, PgSslMode};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, PgSslMode, PgValueFormat,
+};
+use sqlx::{Decode, Row, ValueRef};
 
 use super::{
     ClaimRequest, CompletionReport, LeaderLease, MaintenanceRound, NOTIFY_CHANNEL, OutcomeWrite,
     RescueReport, RescueRequest, RoundReport, WORKER_CRASHED_CLASS, WorkerRegistration,
 };
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
-use crate::job::{ClaimedJob, NewJob, Outcome};
+use crate::job::{ClaimedJob, NewJob, Outcome, OutcomeKind, corrupt_row_error, in_job_range};
 use crate::time::Timestamp;
 use crate::{Error, Result};
 
@@ -73,6 +75,8 @@ const PLANNER_SETTINGS: &str = "SET enable_bitmapscan = off; SET enable_sort = o
 
 /// Claims from every queue of the backend. The literal `'READY'` matches the predicate of the partial
 /// index `fasttasks_task_ready_idx`, whose order is the `ORDER BY`, so the scan stops after `LIMIT` rows.
+/// `LEAST` keeps a row whose `attempts` was set to the integer limit by hand from overflowing, which
+/// would fail the whole statement on every claim and stop the queue.
 const CLAIM_ALL_QUEUES: &str = "\
 WITH picked AS (
     SELECT id FROM fasttasks_task
@@ -83,7 +87,7 @@ WITH picked AS (
 )
 UPDATE fasttasks_task AS t
 SET status = 'RUNNING',
-    attempts = t.attempts + 1,
+    attempts = LEAST(t.attempts, 2147483646) + 1,
     started_at = COALESCE(t.started_at, $1),
     last_attempted_at = $1,
     worker_ids = t.worker_ids || jsonb_build_array($4::text),
@@ -107,7 +111,7 @@ WITH picked AS (
 )
 UPDATE fasttasks_task AS t
 SET status = 'RUNNING',
-    attempts = t.attempts + 1,
+    attempts = LEAST(t.attempts, 2147483646) + 1,
     started_at = COALESCE(t.started_at, $1),
     last_attempted_at = $1,
     worker_ids = t.worker_ids || jsonb_build_array($4::text),
@@ -144,8 +148,9 @@ RETURNING t.id, v.lease";
 
 /// Undoes a claim: READY again, the attempt and its worker id taken back. `SET` expressions see the
 /// row before the update, so `t.attempts <= 1` means "this was the first attempt".
-const RELEASE: &str = "\
-UPDATE fasttasks_task AS t
+macro_rules! undo_claim {
+    () => {
+        "UPDATE fasttasks_task AS t
 SET status = 'READY',
     attempts = GREATEST(t.attempts - 1, 0),
     worker_ids = t.worker_ids - (-1),
@@ -153,8 +158,18 @@ SET status = 'READY',
     last_attempted_at = CASE WHEN t.attempts <= 1 THEN NULL ELSE t.last_attempted_at END,
     worker_id = NULL,
     lease_token = NULL
-FROM UNNEST($1::text[], $2::int8[]) AS v(id, lease)
-WHERE t.id = v.id AND t.lease_token = v.lease";
+"
+    };
+}
+const RELEASE: &str = concat!(
+    undo_claim!(),
+    "FROM UNNEST($1::text[], $2::int8[]) AS v(id, lease)
+WHERE t.id = v.id AND t.lease_token = v.lease"
+);
+
+/// [`RELEASE`] of every row still held under some claims' lease tokens.
+const RELEASE_LEASES: &str =
+    concat!(undo_claim!(), "WHERE t.status = 'RUNNING' AND t.lease_token = ANY($1::int8[])");
 
 /// Writes every column Django's enqueue writes, so rows look the same whoever inserted them.
 const INSERT: &str = "\
@@ -183,7 +198,8 @@ WHERE fasttasks_leader.worker_id = EXCLUDED.worker_id OR fasttasks_leader.expire
 /// RUNNING rows whose worker has no heartbeat since `$1` go back to READY (available at `$2`), or end
 /// FAILED on their `$3`-th crash; either way the crash is counted and an error entry names the dead
 /// worker. Rows another rescuer is handling are skipped (`SKIP LOCKED`). The anti-join runs on the
-/// running index.
+/// running index. `LEAST`: a `crashes` set to the integer limit by hand must not overflow, which would
+/// fail every rescue round.
 const RESCUE: &str = "\
 WITH lost AS (
     SELECT t.id FROM fasttasks_task AS t
@@ -195,10 +211,9 @@ WITH lost AS (
     FOR UPDATE OF t SKIP LOCKED
 )
 UPDATE fasttasks_task AS t
-SET status = CASE WHEN t.crashes + 1 >= $3 THEN 'FAILED' ELSE 'READY' END,
-    crashes = t.crashes + 1,
-    available_at = CASE WHEN t.crashes + 1 >= $3 THEN t.available_at ELSE $2 END,
-    finished_at = CASE WHEN t.crashes + 1 >= $3 THEN $2 ELSE NULL END,
+SET status = CASE WHEN LEAST(t.crashes, 2147483646) + 1 >= $3 THEN 'FAILED' ELSE 'READY' END,
+    crashes = LEAST(t.crashes, 2147483646) + 1,
+    finished_at = CASE WHEN LEAST(t.crashes, 2147483646) + 1 >= $3 THEN $2 ELSE NULL END,
     errors = t.errors || jsonb_build_array(jsonb_build_object(
         'exception_class_path', $4::text,
         'traceback', $4::text || ': worker ' || COALESCE(t.worker_id, '(none)')
@@ -319,14 +334,22 @@ impl PostgresStore {
             return Ok(Vec::new());
         };
         let rows = query.fetch_all(&self.pool).await?;
-        let mut jobs = rows
-            .iter()
-            .map(|row| {
-                let job = claimed_job(row, request.lease_token)?;
-                let available_at: Timestamp = row.try_get("available_at")?;
-                Ok((job, available_at))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Each row on its own: one that cannot be decoded must neither fail the claim (the others are
+        // RUNNING under our lease already, and nobody would run them) nor stay RUNNING itself.
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for row in &rows {
+            match claimed_job(row, request) {
+                Ok(job) => jobs.push(job),
+                Err(error) => unreadable.push(unreadable_row(row, request, &error)),
+            }
+        }
+        if !unreadable.is_empty() {
+            // A failure like any other, fenced by this claim's lease. If even that write fails (the
+            // connection broke), the decoded jobs are still returned, or they would be stranded too;
+            // the unreadable rows then stay RUNNING until this worker exits and the rescue takes them.
+            let _ = self.complete(&unreadable).await;
+        }
         super::sort_in_claim_order(&mut jobs);
         Ok(jobs.into_iter().map(|(job, _)| job).collect())
     }
@@ -404,6 +427,11 @@ impl PostgresStore {
             .bind(column(claims, |(_, lease)| *lease))
             .execute(&self.pool)
             .await?;
+        Ok(result.rows_affected())
+    }
+
+    pub async fn release_leases(&self, lease_tokens: &[i64]) -> Result<u64> {
+        let result = sqlx::query(RELEASE_LEASES).bind(lease_tokens).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 
@@ -550,8 +578,12 @@ fn bind_claim<'q>(
     }
 }
 
-fn claimed_job(row: &PgRow, lease_token: i64) -> Result<ClaimedJob, sqlx::Error> {
-    Ok(ClaimedJob {
+/// The job of one claimed row and its `available_at` (the sort key; `None` when out of chrono's range).
+fn claimed_job(
+    row: &PgRow,
+    request: &ClaimRequest<'_>,
+) -> Result<(ClaimedJob, Option<Timestamp>), sqlx::Error> {
+    let job = ClaimedJob {
         id: row.try_get("id")?,
         task_path: row.try_get("task_path")?,
         queue_name: row.try_get("queue_name")?,
@@ -559,15 +591,48 @@ fn claimed_job(row: &PgRow, lease_token: i64) -> Result<ClaimedJob, sqlx::Error>
         priority: row.try_get("priority")?,
         args_json: row.try_get("args")?,
         kwargs_json: row.try_get("kwargs")?,
-        run_after: row.try_get("run_after")?,
-        enqueued_at: row.try_get("enqueued_at")?,
-        started_at: row.try_get("started_at")?,
-        last_attempted_at: row.try_get("last_attempted_at")?,
+        run_after: timestamp(row, "run_after")?.filter(in_job_range),
+        enqueued_at: timestamp(row, "enqueued_at")?.filter(in_job_range).unwrap_or(request.now),
+        started_at: timestamp(row, "started_at")?.filter(in_job_range).unwrap_or(request.now),
+        last_attempted_at: timestamp(row, "last_attempted_at")?.filter(in_job_range).unwrap_or(request.now),
         attempt: row.try_get("attempts")?,
         max_attempts: row.try_get("max_attempts")?,
         worker_ids_json: row.try_get("worker_ids")?,
-        lease_token,
-    })
+        lease_token: request.lease_token,
+    };
+    Ok((job, timestamp(row, "available_at")?))
+}
+
+/// A `timestamptz` column, without sqlx's chrono decoding: that one panics on values chrono cannot
+/// hold (`infinity`, years past 262143), which a row edited by hand may contain. Those come back as
+/// `None`, like NULL. Query results arrive in the binary format: microseconds since 2000-01-01 UTC.
+fn timestamp(row: &PgRow, column: &str) -> Result<Option<Timestamp>, sqlx::Error> {
+    let raw = row.try_get_raw(column)?;
+    if raw.is_null() {
+        return Ok(None);
+    }
+    if raw.format() != PgValueFormat::Binary {
+        return row.try_get(column); // text: parsed, never panics
+    }
+    let micros = <i64 as Decode<'_, sqlx::Postgres>>::decode(raw)
+        .map_err(|source| sqlx::Error::ColumnDecode { index: column.to_owned(), source })?;
+    let epoch = chrono::DateTime::from_timestamp(946_684_800, 0).expect("2000-01-01 is representable");
+    Ok(epoch.checked_add_signed(chrono::TimeDelta::microseconds(micros)))
+}
+
+/// The failure to record for a claimed row [`claimed_job`] could not decode (by id, under this
+/// claim's lease). Only the id is needed; it is a `varchar`, so it always decodes.
+fn unreadable_row(row: &PgRow, request: &ClaimRequest<'_>, error: &sqlx::Error) -> Outcome {
+    let id: String = row.try_get("id").unwrap_or_default();
+    let attempt = row.try_get::<i32, _>("attempts").ok().map(i64::from);
+    let reason = format!("the worker cannot read it ({error})");
+    let error_json = corrupt_row_error(&id, &reason, attempt, request.worker_id, request.now);
+    Outcome {
+        id,
+        lease_token: request.lease_token,
+        finished_at: request.now,
+        kind: OutcomeKind::Failed { error_json, retry_at: None },
+    }
 }
 
 /// One array parameter: `field` of every row (the statements UNNEST these arrays back into rows).

@@ -6,9 +6,14 @@
 //! Timestamps are TEXT in Django's format (`crate::time`). Claims filter and order on that text in SQL,
 //! so the queue never depends on parsing it. The timestamps a claimed job carries (`enqueued_at`,
 //! `run_after`, `started_at`) are informational; when one does not parse (a row edited by hand), the job
-//! is still returned, with `run_after` absent and the others set to the claim time, rather than failing
-//! the claim with `Error::CorruptRow`: a claim that fails on a row would fail on it again every round and
-//! starve the whole queue behind it. For the same reason numeric columns are read through `CAST`.
+//! is still returned, with `run_after` absent and the others set to the claim time.
+//!
+//! SQLite stores whatever it is given, so a row written by hand may hold what no job can be made of: a
+//! BLOB or bytes that are not UTF-8 where text belongs, a non-integer priority. A claim never fails on
+//! such a row, since it would fail on it again every round and starve the whole queue behind it: the
+//! row ends FAILED inside the claim's transaction with an error naming the column (see [`claim_rows`]).
+//! Likewise the JSON lists the worker appends to (`worker_ids`, `errors`) are appended to through
+//! [`json_list!`], which copes with text that is not a JSON array.
 
 use std::time::Duration;
 
@@ -24,9 +29,46 @@ use super::{
     RoundReport, WORKER_CRASHED_CLASS, WorkerRegistration,
 };
 use crate::config::{DatabaseConfig, Dialect, QueueFilter};
-use crate::job::{ClaimedJob, NewJob, Outcome};
+use crate::job::{ClaimedJob, NewJob, Outcome, in_job_range};
 use crate::time::{Timestamp, from_sqlite_text, to_sqlite_text};
 use crate::{Error, Result};
+
+/// The JSON list in `$column` to append to, whatever a row edited by hand holds there: an array as is,
+/// other JSON wrapped in an array (as PostgreSQL's `||` does), text that is not JSON kept as one string
+/// in an array. `json_insert` alone fails on malformed JSON, which would fail every claim or completion
+/// batch holding that row, and appends nothing to a non-array, losing the entry.
+macro_rules! json_list {
+    ($column:literal) => {
+        concat!(
+            "CASE WHEN NOT json_valid(",
+            $column,
+            ") THEN json_array(CAST(",
+            $column,
+            " AS TEXT)) ",
+            "WHEN json_type(",
+            $column,
+            ") = 'array' THEN ",
+            $column,
+            " ",
+            "ELSE json_array(json(",
+            $column,
+            ")) END"
+        )
+    };
+}
+
+/// One claimed row as the JSON array [`ClaimedRow`] decodes, in its column order. Text columns go in as
+/// JSON strings, so `args`/`kwargs` arrive as the exact stored text; `priority` and `max_attempts` go in
+/// as stored, so a value that is not an integer fails the decoding of that row (and only that row:
+/// see [`claim_rows`]); timestamps and `attempts` (which the claim has just made a number) are `CAST`.
+macro_rules! claimed_row_json {
+    () => {
+        "json_array(
+    id, task_path, queue_name, backend_name, priority, args, kwargs,
+    CAST(run_after AS TEXT), CAST(enqueued_at AS TEXT), CAST(started_at AS TEXT),
+    CAST(attempts AS INTEGER), max_attempts, worker_ids, CAST(available_at AS TEXT))"
+    };
+}
 
 /// Without file events, how often the waker looks at `PRAGMA data_version`: one cheap read, so wake-up
 /// latency stays in the low milliseconds at little cost.
@@ -45,13 +87,16 @@ const INSERT_CHUNK: usize = 1_000;
 /// are read back by [`CLAIMED_ROWS`] rather than with `RETURNING`: sqlx hands every result row from its
 /// SQLite thread to ours as a message of its own, which cost more than the claim itself at a few
 /// hundred rows; one aggregated row costs one message.
-const CLAIM_ALL_QUEUES: &str = "\
+const CLAIM_ALL_QUEUES: &str = concat!(
+    "\
 UPDATE fasttasks_task
 SET status = 'RUNNING',
     attempts = attempts + 1,
     started_at = COALESCE(started_at, ?1),
     last_attempted_at = ?1,
-    worker_ids = json_insert(worker_ids, '$[#]', ?2),
+    worker_ids = json_insert(",
+    json_list!("worker_ids"),
+    ", '$[#]', ?2),
     worker_id = ?2,
     lease_token = ?3
 WHERE id IN (
@@ -59,16 +104,20 @@ WHERE id IN (
     WHERE status = 'READY' AND available_at <= ?1 AND backend_name = ?4
     ORDER BY priority DESC, available_at, id
     LIMIT ?5
-)";
+)"
+);
 
 /// The same, only from the queues in the JSON array `?6`.
-const CLAIM_SOME_QUEUES: &str = "\
+const CLAIM_SOME_QUEUES: &str = concat!(
+    "\
 UPDATE fasttasks_task
 SET status = 'RUNNING',
     attempts = attempts + 1,
     started_at = COALESCE(started_at, ?1),
     last_attempted_at = ?1,
-    worker_ids = json_insert(worker_ids, '$[#]', ?2),
+    worker_ids = json_insert(",
+    json_list!("worker_ids"),
+    ", '$[#]', ?2),
     worker_id = ?2,
     lease_token = ?3
 WHERE id IN (
@@ -77,21 +126,60 @@ WHERE id IN (
         AND queue_name IN (SELECT value FROM json_each(?6))
     ORDER BY priority DESC, available_at, id
     LIMIT ?5
-)";
+)"
+);
 
 /// The rows one claim took (its fresh lease token), as one JSON array of [`ClaimedRow`] arrays, through
-/// the running index. Text columns go in as JSON strings, so `args`/`kwargs` arrive as the exact stored
-/// text; timestamps and numbers are `CAST` so that one odd value cannot make the row undecodable (see
-/// the module comment).
-const CLAIMED_ROWS: &str = "\
-SELECT json_group_array(json_array(
-    id, task_path, queue_name, backend_name, CAST(priority AS INTEGER), args, kwargs,
-    CAST(run_after AS TEXT), CAST(enqueued_at AS TEXT), CAST(started_at AS TEXT),
-    CAST(attempts AS INTEGER), CAST(max_attempts AS INTEGER), worker_ids, CAST(available_at AS TEXT)))
-FROM fasttasks_task
-WHERE worker_id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
+/// the running index.
+const CLAIMED_ROWS: &str = concat!(
+    "SELECT json_group_array(",
+    claimed_row_json!(),
+    ") FROM fasttasks_task WHERE worker_id = ?1 AND status = 'RUNNING' AND lease_token = ?2"
+);
 
-/// One claimed row as [`CLAIMED_ROWS`] encodes it, in its column order.
+/// When [`CLAIMED_ROWS`] fails or does not decode (a hand-edited row): the claimed rows one at a time.
+const CLAIMED_ROWIDS: &str =
+    "SELECT rowid FROM fasttasks_task WHERE worker_id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
+const CLAIMED_ROW: &str = concat!("SELECT ", claimed_row_json!(), " FROM fasttasks_task WHERE rowid = ?1");
+
+/// What a claimed row that [`CLAIMED_ROW`] cannot give as a job holds (see [`unreadable_reason`]): for
+/// each column the job reads as text, its type and bytes; the types of the integer columns; the attempt.
+const UNREADABLE_ROW: &str = "\
+SELECT typeof(id), CAST(id AS BLOB), typeof(task_path), CAST(task_path AS BLOB),
+    typeof(queue_name), CAST(queue_name AS BLOB), typeof(backend_name), CAST(backend_name AS BLOB),
+    typeof(args), CAST(args AS BLOB), typeof(kwargs), CAST(kwargs AS BLOB),
+    typeof(worker_ids), CAST(worker_ids AS BLOB),
+    typeof(run_after), CAST(run_after AS BLOB), typeof(enqueued_at), CAST(enqueued_at AS BLOB),
+    typeof(started_at), CAST(started_at AS BLOB), typeof(available_at), CAST(available_at AS BLOB),
+    typeof(priority), typeof(max_attempts), CAST(attempts AS INTEGER)
+FROM fasttasks_task WHERE rowid = ?1";
+
+/// The columns of [`UNREADABLE_ROW`] in order, and whether each must hold text (the timestamps may hold
+/// any type: one that does not parse falls back, see the module comment).
+const UNREADABLE_COLUMNS: [(&str, bool); 11] = [
+    ("id", true),
+    ("task_path", true),
+    ("queue_name", true),
+    ("backend_name", true),
+    ("args", true),
+    ("kwargs", true),
+    ("worker_ids", true),
+    ("run_after", false),
+    ("enqueued_at", false),
+    ("started_at", false),
+    ("available_at", false),
+];
+
+/// Ends a claimed row that cannot be read: FAILED, with the reason appended to `errors`; by `rowid` (its
+/// id may be what cannot be read), fenced by the claim's lease like every completion.
+const FAIL_UNREADABLE: &str = concat!(
+    "UPDATE fasttasks_task SET status = 'FAILED', finished_at = ?3, errors = json_insert(",
+    json_list!("errors"),
+    ", '$[#]', json(?4)), worker_id = NULL, lease_token = NULL
+WHERE rowid = ?1 AND status = 'RUNNING' AND lease_token = ?2"
+);
+
+/// One claimed row as [`claimed_row_json!`] encodes it, in its column order.
 type ClaimedRow = (
     String,
     Option<String>,
@@ -117,14 +205,17 @@ type ClaimedRow = (
 /// status decides which columns change: SUCCESSFUL stores the return value; FAILED and READY (a retry)
 /// append the error object (`json()`, so it goes in as an object, not a string); READY also moves
 /// `available_at` to the retry time and leaves the task unfinished.
-const COMPLETE_BATCH: &str = "\
+const COMPLETE_BATCH: &str = concat!(
+    "\
 UPDATE fasttasks_task AS t
 SET status = o.status,
     finished_at = o.finished_at,
     available_at = CASE WHEN o.status = 'READY' THEN o.retry_at ELSE t.available_at END,
     return_value = CASE WHEN o.status = 'SUCCESSFUL' THEN o.return_json ELSE t.return_value END,
     errors = CASE WHEN o.status = 'SUCCESSFUL' THEN t.errors
-        ELSE json_insert(t.errors, '$[#]', json(o.error_json)) END,
+        ELSE json_insert(",
+    json_list!("t.errors"),
+    ", '$[#]', json(o.error_json)) END,
     worker_id = NULL,
     lease_token = NULL
 FROM (
@@ -137,7 +228,8 @@ FROM (
         json_extract(j.value, '$.error_json') AS error_json
     FROM json_each(?1) AS j
 ) AS o
-WHERE t.id = o.id AND t.status = 'RUNNING' AND t.lease_token = o.lease_token";
+WHERE t.id = o.id AND t.status = 'RUNNING' AND t.lease_token = o.lease_token"
+);
 
 /// The ids of a [`COMPLETE_BATCH`] parameter whose row is no longer RUNNING under that lease (taken
 /// over by another attempt): asked before the update, as one JSON array.
@@ -170,22 +262,25 @@ UPDATE fasttasks_task
 SET status = 'SUCCESSFUL', finished_at = ?3, return_value = ?4, worker_id = NULL, lease_token = NULL
 WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
 
-const COMPLETE_FAILURE: &str = "\
-UPDATE fasttasks_task
-SET status = 'FAILED', finished_at = ?3, errors = json_insert(errors, '$[#]', json(?4)),
-    worker_id = NULL, lease_token = NULL
-WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
+const COMPLETE_FAILURE: &str = concat!(
+    "UPDATE fasttasks_task SET status = 'FAILED', finished_at = ?3, errors = json_insert(",
+    json_list!("errors"),
+    ", '$[#]', json(?4)), worker_id = NULL, lease_token = NULL
+WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2"
+);
 
-const COMPLETE_RETRY: &str = "\
-UPDATE fasttasks_task
-SET status = 'READY', available_at = ?3, finished_at = NULL, errors = json_insert(errors, '$[#]', json(?4)),
-    worker_id = NULL, lease_token = NULL
-WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
+const COMPLETE_RETRY: &str = concat!(
+    "UPDATE fasttasks_task SET status = 'READY', available_at = ?3, finished_at = NULL, errors = json_insert(",
+    json_list!("errors"),
+    ", '$[#]', json(?4)), worker_id = NULL, lease_token = NULL
+WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2"
+);
 
 /// Undoes a claim. Right-hand sides see the row before the update, so `attempts <= 1` means "this
 /// was the first attempt".
-const RELEASE: &str = "\
-UPDATE fasttasks_task
+macro_rules! undo_claim {
+    () => {
+        "UPDATE fasttasks_task
 SET status = 'READY',
     attempts = max(attempts - 1, 0),
     worker_ids = json_remove(worker_ids, '$[#-1]'),
@@ -193,7 +288,13 @@ SET status = 'READY',
     last_attempted_at = CASE WHEN attempts <= 1 THEN NULL ELSE last_attempted_at END,
     worker_id = NULL,
     lease_token = NULL
-WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2";
+"
+    };
+}
+const RELEASE: &str = concat!(undo_claim!(), "WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2");
+
+/// [`RELEASE`] of every row still held under one claim's lease token.
+const RELEASE_LEASE: &str = concat!(undo_claim!(), "WHERE status = 'RUNNING' AND lease_token = ?1");
 
 /// A whole chunk in one static statement with one parameter: a JSON array of [`InsertRow`]s.
 const INSERT: &str = "\
@@ -247,13 +348,15 @@ WHERE t.status = 'RUNNING'
         OR t.worker_id = ?6)";
 
 /// PostgreSQL's rescue, in SQLite's dialect (see postgres.rs).
-const RESCUE: &str = "\
+const RESCUE: &str = concat!(
+    "\
 UPDATE fasttasks_task
 SET status = CASE WHEN crashes + 1 >= ?3 THEN 'FAILED' ELSE 'READY' END,
-    available_at = CASE WHEN crashes + 1 >= ?3 THEN available_at ELSE ?2 END,
     finished_at = CASE WHEN crashes + 1 >= ?3 THEN ?2 ELSE NULL END,
     crashes = crashes + 1,
-    errors = json_insert(errors, '$[#]', json_object(
+    errors = json_insert(",
+    json_list!("errors"),
+    ", '$[#]', json_object(
         'exception_class_path', ?4,
         'traceback', ?4 || ': worker ' || COALESCE(worker_id, '(none)')
             || ' stopped sending heartbeats while running attempt ' || attempts || char(10),
@@ -269,7 +372,8 @@ WHERE status = 'RUNNING'
             WHERE w.id = fasttasks_task.worker_id AND w.heartbeat_at >= ?1
         )
         OR worker_id = ?6
-    )";
+    )"
+);
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -512,17 +616,7 @@ impl SqliteStore {
                 if claimed == 0 {
                     return Ok(Vec::new());
                 }
-                let rows: String = sqlx::query_scalar(CLAIMED_ROWS)
-                    .bind(request.worker_id)
-                    .bind(request.lease_token)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                // Decode before committing: if the rows cannot be decoded at all, the claim rolls back
-                // instead of leaving rows RUNNING that nobody holds.
-                let rows: Vec<ClaimedRow> = serde_json::from_str(&rows).map_err(|error| {
-                    Error::CorruptRow { id: String::new(), reason: format!("claimed rows: {error}") }
-                })?;
-                Ok(rows.into_iter().map(|row| claimed_job(row, request)).collect::<Vec<_>>())
+                claim_rows(tx, request).await
             })
             .await?;
         // Sorting on the stored text is exactly SQLite's `ORDER BY` (binary collation).
@@ -587,6 +681,18 @@ impl SqliteStore {
                     .execute(&mut **tx)
                     .await?
                     .rows_affected();
+            }
+            Ok(released)
+        })
+        .await
+    }
+
+    pub async fn release_leases(&self, lease_tokens: &[i64]) -> Result<u64> {
+        self.write(async |tx| {
+            let mut released = 0;
+            for lease_token in lease_tokens {
+                released +=
+                    sqlx::query(RELEASE_LEASE).bind(*lease_token).execute(&mut **tx).await?.rows_affected();
             }
             Ok(released)
         })
@@ -762,15 +868,116 @@ async fn complete_one(
     Ok(result.rows_affected() == 1)
 }
 
+/// Reads back the rows this claim took, in the claim's transaction. The usual way is one query and one
+/// decoding for all ([`CLAIMED_ROWS`]). A row edited by hand can break both (SQLite's JSON functions
+/// refuse a BLOB; bytes that are not UTF-8 or a priority that is not an integer do not decode); then
+/// the rows are read one by one, and each one that cannot be read ends FAILED here, by `rowid` and
+/// under the claim's lease, with the reason. The others are claimed as usual.
+async fn claim_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    request: &ClaimRequest<'_>,
+) -> Result<Vec<(ClaimedJob, String)>> {
+    let all: Result<Vec<u8>, sqlx::Error> = sqlx::query_scalar(CLAIMED_ROWS)
+        .bind(request.worker_id)
+        .bind(request.lease_token)
+        .fetch_one(&mut **tx)
+        .await;
+    match all {
+        Ok(bytes) => {
+            if let Ok(rows) = serde_json::from_slice::<Vec<ClaimedRow>>(&bytes) {
+                return Ok(rows.into_iter().map(|row| claimed_job(row, request)).collect());
+            }
+        }
+        Err(error) if is_data_error(&error) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let rowids: Vec<i64> = sqlx::query_scalar(CLAIMED_ROWIDS)
+        .bind(request.worker_id)
+        .bind(request.lease_token)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut jobs = Vec::with_capacity(rowids.len());
+    for rowid in rowids {
+        let row: Result<Vec<u8>, sqlx::Error> =
+            sqlx::query_scalar(CLAIMED_ROW).bind(rowid).fetch_one(&mut **tx).await;
+        let decoded = match row {
+            Ok(bytes) => serde_json::from_slice::<ClaimedRow>(&bytes).map_err(|error| error.to_string()),
+            Err(error) if is_data_error(&error) => Err(error.to_string()),
+            Err(error) => return Err(error.into()),
+        };
+        match decoded {
+            Ok(row) => jobs.push(claimed_job(row, request)),
+            Err(error) => fail_unreadable(tx, rowid, request, &error).await?,
+        }
+    }
+    Ok(jobs)
+}
+
+/// Ends the claimed row `rowid`, which cannot be read (`error`: why decoding failed), FAILED with an
+/// error entry naming what it holds.
+async fn fail_unreadable(
+    tx: &mut Transaction<'_, Sqlite>,
+    rowid: i64,
+    request: &ClaimRequest<'_>,
+    error: &str,
+) -> Result<()> {
+    let row = sqlx::query(UNREADABLE_ROW).bind(rowid).fetch_one(&mut **tx).await?;
+    let (id, reason, attempt) = unreadable_reason(&row)?;
+    let reason = reason.unwrap_or_else(|| format!("the worker cannot read it ({error})"));
+    let error_json = crate::job::corrupt_row_error(&id, &reason, attempt, request.worker_id, request.now);
+    sqlx::query(FAIL_UNREADABLE)
+        .bind(rowid)
+        .bind(request.lease_token)
+        .bind(to_sqlite_text(request.now))
+        .bind(error_json)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// From an [`UNREADABLE_ROW`] row: the id (as far as it is text), what is wrong with the row (`None`
+/// if nothing is found), and the attempt.
+fn unreadable_reason(row: &sqlx::sqlite::SqliteRow) -> Result<(String, Option<String>, Option<i64>)> {
+    use sqlx::Row;
+    let mut problems = Vec::new();
+    let mut id = String::new();
+    for (index, (column, must_be_text)) in UNREADABLE_COLUMNS.iter().enumerate() {
+        let kind: String = row.try_get(2 * index)?;
+        let bytes: Option<Vec<u8>> = row.try_get(2 * index + 1)?;
+        let bytes = bytes.unwrap_or_default();
+        if index == 0 {
+            id = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        if *must_be_text && kind == "blob" {
+            problems.push(format!("{column} holds a BLOB ({} bytes), not text", bytes.len()));
+        } else if std::str::from_utf8(&bytes).is_err() {
+            problems.push(format!("{column} holds text that is not valid UTF-8"));
+        }
+    }
+    let numbers = 2 * UNREADABLE_COLUMNS.len();
+    for (offset, column) in ["priority", "max_attempts"].into_iter().enumerate() {
+        let kind: String = row.try_get(numbers + offset)?;
+        if kind != "integer" {
+            problems.push(format!("{column} holds a {kind} value, not an integer"));
+        }
+    }
+    let attempt: Option<i64> = row.try_get(numbers + 2)?;
+    let reason = (!problems.is_empty()).then(|| format!("column {}", problems.join("; column ")));
+    Ok((id, reason, attempt))
+}
+
 /// The job and its `available_at` text (the sort key). A missing text column (a row edited by hand)
-/// becomes JSON `null`, which the runner reports as a corrupt row, failing only that task.
+/// becomes JSON `null`, which the runner reports as a corrupt row, failing only that task. Numbers
+/// beyond `i32` saturate (an out-of-range priority then fails Django's validation, clearly).
 fn claimed_job(row: ClaimedRow, request: &ClaimRequest<'_>) -> (ClaimedJob, String) {
     let (id, task_path, queue_name, backend_name, priority, args, kwargs) =
         (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
     let (run_after, enqueued_at, started_at, attempts, max_attempts, worker_ids, available_at) =
         (row.7, row.8, row.9, row.10, row.11, row.12, row.13);
-    let timestamp = |text: Option<String>| text.as_deref().and_then(from_sqlite_text);
-    let small = |number: Option<i64>| number.and_then(|n| i32::try_from(n).ok()).unwrap_or(0);
+    let timestamp = |text: Option<String>| text.as_deref().and_then(from_sqlite_text).filter(in_job_range);
+    let small = |number: Option<i64>| {
+        number.map_or(0, |n| i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX }))
+    };
     let job = ClaimedJob {
         id,
         task_path: task_path.unwrap_or_default(),
