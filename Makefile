@@ -58,14 +58,17 @@ lint: venv
 typecheck: build
 	$(VENV)/bin/mypy python/fasttasks
 
-# The benchmark suite (benches/run.py; scenarios S1-S6, idle, ceiling), fasttasks vs django-tasks-db on
-# SQLite and PostgreSQL in the same run, median of 3 (~35 min); appends to benches/RESULTS.md, raw JSON in
+# The benchmark suite (benches/run.py; scenarios S1-S6, idle, R1, ceiling), fasttasks vs django-tasks-db on
+# SQLite and PostgreSQL in the same run, median of 3 (~45 min); appends to benches/RESULTS.md, raw JSON in
 # benches/out/. Extra arguments: make bench BENCH_ARGS='--scenarios S1,S3 --worker-args "--concurrency 64"'
+# R1 (database faults) restarts the local PostgreSQL cluster (pg_ctlcluster, or $BENCH_PG_RESTART) and
+# terminates the bench databases' connections: run nothing else against that cluster meanwhile.
 bench: build
 	BENCH_MAKE_TARGET=bench $(PY) benches/run.py $(BENCH_ARGS)
 
 # CI smoke run of the same: every scenario at tiny sizes, once, records nothing; fails if a scenario breaks
-# (a wrong task count, a worker that fails). No timing is asserted.
+# (a wrong task count, a worker that fails). No timing is asserted. R1 is in it (~1 min, one PostgreSQL
+# restart of ~3 s; skipped where pg_ctlcluster is missing, e.g. PostgreSQL in a container).
 bench-quick: build
 	BENCH_MAKE_TARGET=bench-quick $(PY) benches/run.py --quick $(BENCH_ARGS)
 

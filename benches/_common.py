@@ -233,11 +233,14 @@ def worker_cmds(
 class Workers:
     """Worker processes of one run, each logging to ``benches/out/logs/<name>-p<i>.log``."""
 
-    def __init__(self, target: Target, cmds: list[list[str]], name: str) -> None:
+    def __init__(
+        self, target: Target, cmds: list[list[str]], name: str, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: variables added to the target's environment (R1: the SQLite busy timeout)."""
         self.logs: list[Path] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started = time.perf_counter()
-        env = target.env()
+        env = {**target.env(), **(env or {})}
         for i, cmd in enumerate(cmds):
             log = LOG_DIR / f"{name}-p{i + 1}.log"
             self.logs.append(log)

@@ -12,6 +12,9 @@ Scenarios (one module each in ``benches/scenarios/``; targets are issue 3's):
     S5       worker RSS while draining 1,000,000 no-op tasks
     S6       S1 over 5,000,000 finished rows
     idle     an idle worker's PostgreSQL transactions/s and CPU %
+    R1       database faults mid-drain (issue 4): PostgreSQL restart, pg_terminate_backend, SQLite locked;
+             the rate before, the time back to >= 95 % of it, the rate after, tasks lost, worker alive
+             (restarts the local PostgreSQL cluster: run nothing else against it meanwhile)
     ceiling  the no-Python ceiling (Rust no-op executor), for reference
 
 Every repetition runs every selected scenario on every database for both implementations, interleaved
@@ -27,6 +30,7 @@ Targets not met do not change the exit code.
     .venv/bin/python benches/run.py --scenarios S1,S3 --db sqlite --quick
     .venv/bin/python benches/run.py --scenarios S1 --impl fasttasks --worker-args "--concurrency 64"
     .venv/bin/python benches/run.py --scenarios S4 --size s4=5000,s4_dtdb=500 --repeat 1 --no-record
+    .venv/bin/python benches/run.py --scenarios R1 --db postgres   # database faults (~6 min, 6 restarts)
 """
 
 from __future__ import annotations
@@ -92,6 +96,13 @@ FULL_SIZES: dict[str, float] = {
     "s6_dtdb": 10_000,
     "idle_settle": 3,
     "idle_window": 20,
+    "r1": 150_000,
+    "r1_dtdb": 5_000,
+    "r1_settle": 2,  # seconds of drain (warm-up) before the window that measures the rate before
+    "r1_before": 5,  # seconds of steady drain before the fault that give the rate before
+    "r1_after": 10,  # seconds after the database is back: the rate after, the recovery goal
+    "r1_lock": 3,  # seconds SQLite stays locked
+    "r1_reps": 3,
     "ceiling_reps": 1,
 }
 QUICK_SIZES: dict[str, float] = {
@@ -115,6 +126,13 @@ QUICK_SIZES: dict[str, float] = {
     "s6_dtdb": 300,
     "idle_settle": 1,
     "idle_window": 3,
+    "r1": 40_000,
+    "r1_dtdb": 1_000,
+    "r1_settle": 0.5,
+    "r1_before": 1,
+    "r1_after": 1,
+    "r1_lock": 1,
+    "r1_reps": 1,
     "ceiling_reps": 1,
 }
 
@@ -131,6 +149,9 @@ SETTINGS_NOTES = [
     "task.enqueue(), 1,000 per transaction; not timed",
     "ratio = fasttasks / django-tasks-db for rates, django-tasks-db / fasttasks for latencies, memory "
     "and idle cost (so > 1 always means fasttasks is better)",
+    "R1: `fasttasks-worker` without `--batch` (default flags, `--verbosity 1`) and `db_worker --interval 0` "
+    "without `--batch`, draining a 1 ms sync task that also appends its id to a file (runs per task); "
+    "rates from `finished_at` in 0.5 s buckets; SQLite lock case: busy timeout 0.2 s for both",
 ]
 
 
@@ -373,7 +394,15 @@ def brief(measured: dict[tuple[str, str], Metrics]) -> str:
             bits.append(f"{m['xacts_per_s']:.2f} xact/s")
         if "cpu_pct" in m:
             bits.append(f"CPU {m['cpu_pct']:.2f} %")
-        text = ", ".join(bits)
+        if "rate_before" in m:
+            recovery = f"{m['recovery_s']:.1f} s" if "recovery_s" in m else "never"
+            worker = "alive" if m["survived"] else "DIED"
+            bits.append(
+                f"before {m['rate_before']:,.0f}/s, database away {m['down_s']:.1f} s, >= 95 % after "
+                f"{recovery}, then {m['rate_after']:,.0f}/s ({m['after_pct']:.0f} %), lost {m['lost']:.0f}"
+                f" (+ {m['left_ready']:.0f} READY), ran twice {m['twice']:.0f}, worker {worker}"
+            )
+        text = ", ".join(bits) or "no figures"
         parts.append(f"{db}/{impl}: {text}" if len(measured) > 1 else text)
     return "; ".join(parts)
 
@@ -385,7 +414,8 @@ def aggregate(runs: list[dict[str, Any]]) -> Stats:
             continue
         per_metric = values.setdefault((r["scenario"], r["variant"], r["db"], r["impl"]), {})
         for name, value in r["metrics"].items():
-            per_metric.setdefault(name, []).append(float(value))
+            if isinstance(value, (int, float)):  # R1 also keeps its curve and timeline (JSON only)
+                per_metric.setdefault(name, []).append(float(value))
     out: Stats = {}
     for key, per_metric in values.items():
         out[key] = {name: st for name, vs in per_metric.items() if (st := stat(vs)) is not None}

@@ -4,6 +4,8 @@
 - ``BENCH_IMPL``: ``fasttasks`` (default) or ``dtdb`` (django-tasks-db, the baseline)
 - ``BENCH_SQLITE_PATH``: the SQLite file (default ``benches/out/bench.sqlite3``)
 - ``BENCH_PG_NAME`` and the libpq variables ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGPASSWORD``
+- ``BENCH_SQLITE_TIMEOUT``: SQLite's busy timeout in seconds (default 20; R1 lowers it so that a lock held
+  by another process makes the worker's statements fail instead of wait)
 
 Both implementations get the same database settings: persistent connections (``CONN_MAX_AGE``, as
 django-tasks-db recommends for ``db_worker``) and, on SQLite, WAL with ``synchronous=NORMAL`` and a
@@ -38,7 +40,7 @@ if DB == "sqlite":
             "NAME": os.environ.get("BENCH_SQLITE_PATH", str(BENCH_DIR / "out" / "bench.sqlite3")),
             "CONN_MAX_AGE": 600,
             "OPTIONS": {
-                "timeout": 20,
+                "timeout": float(os.environ.get("BENCH_SQLITE_TIMEOUT", "20")),
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
         }
