@@ -116,6 +116,12 @@ TASKS = {
         "BACKEND": "fasttasks.backend.FastTasksBackend",
         "QUEUES": [],
     },
+    # Retries for every task that does not say otherwise.
+    "retrying": {
+        "BACKEND": "fasttasks.backend.FastTasksBackend",
+        "QUEUES": [],
+        "OPTIONS": {"RETRY": {"max_attempts": 3, "backoff": {"base": 0.05, "cap": 0.2}}},
+    },
     # No LISTEN/NOTIFY (as behind a transaction-pooling PgBouncer): workers poll.
     "polling": {
         "BACKEND": "fasttasks.backend.FastTasksBackend",

@@ -333,15 +333,19 @@ def test_tasks_of_a_killed_worker_run_again_elsewhere(
         assert cursor.fetchone() == (0,)
 
 
+@pytest.mark.parametrize(
+    ("how", "exit_code"),
+    [("exit", 13), ("segfault", -signal.SIGSEGV), ("sigkill", -signal.SIGKILL)],
+)
 def test_a_task_that_keeps_killing_its_worker_ends_failed(
-    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]]
+    tmp_path: Path, start_worker: Callable[..., subprocess.Popen[str]], how: str, exit_code: int
 ) -> None:
     marks = tmp_path / "marks"
-    poison = worker_tasks.kill_own_process.enqueue(str(marks))
+    poison = worker_tasks.kill_own_process.enqueue(str(marks), how)
     for crash in range(1, 3):
         # Each worker picks the poison task up (after the rescue of the previous one) and dies with it.
         victim = start_worker("--max-crashes", "2", *FAST_RESCUE)
-        assert victim.wait(timeout=30) == 13
+        assert victim.wait(timeout=30) == exit_code
         assert lines(marks).count("poison started") == crash
     survivor = start_worker("--max-crashes", "2", *FAST_RESCUE)
     wait_for(lambda: poison.refresh() or poison.status == TaskResultStatus.FAILED, timeout=30, what="FAILED")

@@ -147,9 +147,18 @@ async def async_sleep_then_record(path: str, marker: str, seconds: float) -> str
 
 
 @task
-def kill_own_process(path: str) -> None:
-    """A poison task: the worker process running it dies (as on a segfault or an OOM kill)."""
+def kill_own_process(path: str, how: str = "exit") -> None:
+    """A poison task: the worker process running it dies. ``how``: ``exit`` (``os._exit(13)``),
+    ``segfault`` (a NULL read in C: SIGSEGV), ``sigkill`` (as the kernel's OOM killer does)."""
     _append(path, "poison started")
+    if how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    elif how == "sigkill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     os._exit(13)
 
 
@@ -172,3 +181,94 @@ def log_execution(context: TaskContext, number: int, seconds: float) -> int:
         )
     time.sleep(seconds)
     return os.getpid()
+
+
+# -- retries ---------------------------------------------------------------------------------------
+# Declared with fasttasks.task, which takes the options on every Django version.
+
+from fasttasks import ExponentialBackoff, Retry  # noqa: E402
+from fasttasks import task as fasttask  # noqa: E402
+
+QUICK_BACKOFF = ExponentialBackoff(base=0.05, cap=0.2)
+
+
+@fasttask(takes_context=True, max_attempts=3, backoff=QUICK_BACKOFF)
+def fails_twice(context: TaskContext, path: str) -> int:
+    """Raises on its first two attempts, succeeds on the third."""
+    _append(path, f"attempt {context.attempt} at {time.time()}")
+    if context.attempt < 3:
+        raise ConnectionError(f"flaky, attempt {context.attempt}")
+    return context.attempt
+
+
+@fasttask(max_attempts=2, backoff=QUICK_BACKOFF)
+def always_fails(path: str) -> None:
+    _append(path, "attempt")
+    raise ConnectionError("always down")
+
+
+@fasttask(max_attempts=3, retry_on=(ConnectionError,), backoff=QUICK_BACKOFF)
+def fails_with_an_error_not_retried(path: str) -> None:
+    _append(path, "attempt")
+    raise TypeError("a bug, not an outage")
+
+
+@fasttask(takes_context=True, max_attempts=2)
+def asks_for_a_retry(context: TaskContext, path: str, delay: float) -> int:
+    """``raise Retry(delay=...)`` on the first attempt, whatever ``retry_on`` says."""
+    _append(path, f"attempt {context.attempt} at {time.time()}")
+    if context.attempt == 1:
+        raise Retry(delay=delay)
+    return context.attempt
+
+
+def _linear_backoff(attempt: int, exception: BaseException) -> float:
+    return 0.25 * attempt
+
+
+@fasttask(takes_context=True, max_attempts=3, backoff=_linear_backoff)
+def fails_twice_with_linear_backoff(context: TaskContext, path: str) -> int:
+    _append(path, f"attempt {context.attempt} at {time.time()}")
+    if context.attempt < 3:
+        raise ConnectionError("flaky")
+    return context.attempt
+
+
+@fasttask(takes_context=True, max_attempts=2, backoff=QUICK_BACKOFF)
+def crashes_then_fails_then_succeeds(context: TaskContext, path: str) -> int:
+    """Attempt 1 kills its worker; attempt 2 raises; attempt 3 succeeds. The crash is not counted
+    against max_attempts=2, so the raise of attempt 2 is retried."""
+    _append(path, f"attempt {context.attempt}")
+    if context.attempt == 1:
+        os._exit(13)
+    if context.attempt == 2:
+        raise ConnectionError("flaky")
+    return context.attempt
+
+
+@fasttask(takes_context=True, backend="retrying")
+def fails_twice_with_backend_defaults(context: TaskContext, path: str) -> int:
+    """No options of its own: TASKS['retrying']['OPTIONS']['RETRY'] gives 3 attempts."""
+    _append(path, f"attempt {context.attempt}")
+    if context.attempt < 3:
+        raise ConnectionError("flaky")
+    return context.attempt
+
+
+def _decorator_forwards_options() -> bool:
+    """Django 6.1's @task forwards extra keyword arguments to the backend's task_class (6.0 does not)."""
+    import inspect
+
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(task).parameters.values())
+
+
+DJANGO_DECORATOR_TAKES_OPTIONS = _decorator_forwards_options()
+
+if DJANGO_DECORATOR_TAKES_OPTIONS:
+
+    @task(takes_context=True, max_attempts=3, backoff=QUICK_BACKOFF)  # type: ignore[call-arg]
+    def django_decorated_fails_twice(context: TaskContext, path: str) -> int:
+        _append(path, f"attempt {context.attempt}")
+        if context.attempt < 3:
+            raise ConnectionError("flaky")
+        return context.attempt

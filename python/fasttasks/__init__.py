@@ -1,7 +1,7 @@
 """fasttasks: a production backend and worker for Django's tasks framework.
 
-Importing this package is cheap: it imports neither Django models nor the backend. ``enqueue_many`` and
-``FastTasksBackend`` are loaded on first access.
+Importing this package is cheap: it imports neither Django models nor the backend. Everything but the
+exceptions is loaded on first access.
 """
 
 from __future__ import annotations
@@ -14,15 +14,37 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
     __version__ = "0+unknown"
 
-__all__ = ["FastTasksBackend", "__version__", "enqueue_many"]
+from .exceptions import Retry
+
+__all__ = [
+    "ExponentialBackoff",
+    "FastTasksBackend",
+    "Retry",
+    "Task",
+    "__version__",
+    "aenqueue_many",
+    "enqueue_many",
+    "task",
+]
 
 if TYPE_CHECKING:
-    from .backend import FastTasksBackend, enqueue_many
+    from ._task import Task, task
+    from .backend import FastTasksBackend, aenqueue_many, enqueue_many
+    from .retry import ExponentialBackoff
+
+_LAZY = {
+    "enqueue_many": "backend",
+    "aenqueue_many": "backend",
+    "FastTasksBackend": "backend",
+    "Task": "_task",
+    "task": "_task",
+    "ExponentialBackoff": "retry",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("enqueue_many", "FastTasksBackend"):
-        from . import backend
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(backend, name)
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -39,6 +39,8 @@ from .compat import (
     task_finished,
     task_started,
 )
+from .exceptions import Retry
+from .retry import RetryDefaults
 
 if TYPE_CHECKING:
     from ._core import Job, Reply
@@ -69,7 +71,9 @@ class Runner:
         self.concurrency = concurrency
         self._coroutine_semaphore: asyncio.Semaphore | None = None
         # Signals are sent with the backend *class* as sender, as Django's contract documents.
-        self.backend_class: type[Any] = type(task_backends[backend_alias])
+        backend = task_backends[backend_alias]
+        self.retry_defaults: RetryDefaults = getattr(backend, "retry_defaults", RetryDefaults())
+        self.backend_class: type[Any] = type(backend)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self._handed_over: collections.deque[Coroutine[Any, Any, None]] = collections.deque()
@@ -232,13 +236,43 @@ class Runner:
 
     def _fail(self, job: Job, reply: Reply, result: TaskResult[..., Any], exc: BaseException) -> None:
         entry = self._error_entry(job, exc)
-        reply.fail(entry)
         error = TaskError(exception_class_path=exception_class_path(exc), traceback=_format(exc))
+        _setattr(result, "errors", [*result.errors, error])
+        delay = self._retry_delay(job, result.task, exc)
+        if delay is not None:
+            # Not finished: back to READY. task_finished is for the attempt that ends the task.
+            reply.fail(entry, _now() + timedelta(seconds=delay))
+            _setattr(result, "status", TaskResultStatus.READY)
+            logger.warning(
+                "Task id=%s path=%s attempt %d failed with %s: %.200s; retrying in %.3gs (%d of %d attempts "
+                "used)",
+                job.id,
+                job.task_path,
+                job.attempt,
+                exception_class_path(exc),
+                exc,
+                delay,
+                job.attempt - job.crashes,
+                job.max_attempts,
+            )
+            return
+        reply.fail(entry)
         _setattr(result, "status", TaskResultStatus.FAILED)
         _setattr(result, "finished_at", _now())
-        _setattr(result, "errors", [*result.errors, error])
         # Sent inside the except block of the caller, so Django's receiver logs the traceback.
         self._send(task_finished, result)
+
+    def _retry_delay(self, job: Job, task: Task[..., Any], exc: BaseException) -> float | None:
+        """Seconds until the next attempt, or None when this failure ends the task. Attempts that
+        ended in a crash of their worker are the rescuer's business (``--max-crashes``), not counted."""
+        if job.max_attempts <= 1 and not isinstance(exc, Retry):
+            return None  # Django's meaning, and the common case: no policy to look up
+        try:
+            policy = self.retry_defaults.policy_for(task)
+            return policy.delay(exc, job.attempt, job.attempt - job.crashes, job.max_attempts)
+        except Exception:
+            logger.exception("Task id=%s: the retry policy failed; the task ends FAILED", job.id)
+            return None
 
     def _error_entry(self, job: Job, exc: BaseException) -> str:
         return _json.dumps(

@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from . import _json
 from ._results import build_task_result, errors_from_json, task_for_row
+from ._task import Task as FastTask
 from .compat import (
     BACKPORT,
     BaseTaskBackend,
@@ -46,6 +47,7 @@ from .compat import (
     TaskResultStatus,
     task_enqueued,
 )
+from .retry import RetryDefaults
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -208,6 +210,9 @@ class FastTasksBackend(BaseTaskBackend):
     supports_async_task = True
     supports_get_result = True
     supports_priority = True
+    #: Django 6.1's ``@task(**options)`` builds this class: fasttasks' options work with Django's
+    #: decorator (``fasttasks.task`` takes the same on every version).
+    task_class = FastTask
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -215,6 +220,15 @@ class FastTasksBackend(BaseTaskBackend):
         # PostgreSQL wake-ups: enqueue sends NOTIFY and workers LISTEN. Turn off where LISTEN cannot
         # work (behind a transaction-pooling PgBouncer); workers then poll every --interval (jittered).
         self.listen_notify: bool = bool(self.options.get("LISTEN_NOTIFY", True))
+        self._retry_defaults: RetryDefaults | None = None
+
+    @property
+    def retry_defaults(self) -> RetryDefaults:
+        """``OPTIONS["RETRY"]``, read on first use rather than in ``__init__``: its dotted paths import
+        project modules, and ``@task`` creates the backend while those may still be importing."""
+        if self._retry_defaults is None:
+            self._retry_defaults = RetryDefaults.from_options(self.options.get("RETRY"), self.alias)
+        return self._retry_defaults
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -222,7 +236,7 @@ class FastTasksBackend(BaseTaskBackend):
         super().validate_task(task)
         if len(task.queue_name) > MAX_NAME_LENGTH:
             raise InvalidTask(f"queue_name must be at most {MAX_NAME_LENGTH} characters long.")
-        _max_attempts(task)
+        self.retry_defaults.max_attempts_for(task)
 
     # -- enqueue -----------------------------------------------------------------------------------
 
@@ -297,7 +311,7 @@ class FastTasksBackend(BaseTaskBackend):
                     int(task.priority),
                     _to_db(vendor, run_after),
                     _to_db(vendor, run_after or now),  # available_at
-                    _max_attempts(task),
+                    self.retry_defaults.max_attempts_for(task),
                 )
             path, queue, alias, priority, run_after_db, available_at, max_attempts = shared
             rows.append(
@@ -445,6 +459,12 @@ class FastTasksBackend(BaseTaskBackend):
                 )
             )
             return messages
+        try:
+            _ = self.retry_defaults
+        except InvalidTask as exc:
+            messages.append(
+                checks.Error(str(exc), hint="See the README's section on retries.", id="fasttasks.E004")
+            )
         databases = kwargs.get("databases")
         if databases and self.database_alias in databases:
             messages.extend(self.check_table())
@@ -468,15 +488,6 @@ class FastTasksBackend(BaseTaskBackend):
                 id="fasttasks.W001",
             )
         ]
-
-
-def _max_attempts(task: Task[..., Any]) -> int:
-    value = getattr(task, "max_attempts", None)
-    if value is None:
-        return 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidTask(f"max_attempts must be a whole number of at least 1 (got {value!r}).")
-    return value
 
 
 def _vendor_message(alias: str, database: str, vendor: str) -> str:

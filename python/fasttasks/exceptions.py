@@ -1,4 +1,4 @@
-"""Exceptions that fasttasks itself records as a task's error.
+"""Exceptions that fasttasks itself records as a task's error, and ``Retry``, which a task raises.
 
 A task's ``errors`` hold the dotted path of the exception's class; Django's
 ``TaskError.exception_class`` imports it, so every path the worker writes must name a class that exists.
@@ -6,7 +6,7 @@ A task's ``errors`` hold the dotted path of the exception's class; Django's
 
 from __future__ import annotations
 
-__all__ = ["WorkerCrashed", "WorkerError"]
+__all__ = ["Retry", "WorkerCrashed", "WorkerError"]
 
 
 class WorkerError(Exception):
@@ -15,3 +15,19 @@ class WorkerError(Exception):
 
 class WorkerCrashed(WorkerError):
     """The worker process running the attempt died (stopped sending heartbeats); it was rescued."""
+
+
+class Retry(Exception):
+    """Raised inside a task to ask for another attempt, whatever the task's ``retry_on``.
+
+    The attempt counts: with attempts left, the task goes back to READY and runs again after ``delay``
+    seconds (default: the task's backoff); without, it ends FAILED with this error.
+
+        raise fasttasks.Retry(delay=30)
+    """
+
+    def __init__(self, message: str = "", *, delay: float | None = None) -> None:
+        if delay is not None and (isinstance(delay, bool) or not delay >= 0 or delay == float("inf")):
+            raise ValueError(f"Retry(delay=...) must be a finite number of seconds >= 0 (got {delay!r})")
+        super().__init__(message or (f"retry in {delay:g}s" if delay is not None else "retry requested"))
+        self.delay = delay

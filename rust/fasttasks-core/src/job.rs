@@ -34,6 +34,9 @@ pub struct ClaimedJob {
     /// This attempt's number, counting from 1.
     pub attempt: i32,
     pub max_attempts: i32,
+    /// Attempts that ended with their worker dead (rescued): they count against `--max-crashes`, not
+    /// against `max_attempts`.
+    pub crashes: i32,
     /// JSON text of the worker ids, one per attempt, this one last.
     pub worker_ids_json: String,
     /// The fencing token of this claim: the completion must present it.

@@ -42,6 +42,8 @@ const MAX_QUEUED_EVENTS: usize = 1_000;
 /// How long after a failed claim its lease token is still handed back (see
 /// `Producer::settle_doubtful_claims`).
 const DOUBTFUL_CLAIM_SETTLE: Duration = Duration::from_secs(5);
+/// How often, meanwhile.
+const DOUBTFUL_CLAIM_RECHECK: Duration = Duration::from_millis(500);
 /// Claim-ahead covers what the executor starts in this much time at its recent pace. A claimed task
 /// waits for a slot about this long at most, so a task enqueued later at a higher priority (or another,
 /// idle worker) is kept waiting by claim-ahead no longer than this; in exchange claims are large
@@ -412,8 +414,10 @@ pub async fn run(
         claimed_total: 0,
         pace: Pace::new(),
         doubtful_claims: Vec::new(),
+        next_settle: Instant::now(),
     };
     producer.run().await;
+    producer.next_settle = Instant::now(); // a last try, however recent the previous one
     producer.settle_doubtful_claims().await;
     let Producer { outcome_sender, mut phase, .. } = producer;
 
@@ -465,6 +469,8 @@ struct Producer<'a> {
     pace: Pace,
     /// Lease tokens of claims whose answer was lost, with when: see [`Producer::settle_doubtful_claims`].
     doubtful_claims: Vec<(i64, Instant)>,
+    /// When the doubtful claims may be handed back again (at once after a new one).
+    next_settle: Instant,
 }
 
 /// The executor's recent pace (tickets returned per second), smoothed.
@@ -603,6 +609,7 @@ impl Producer<'_> {
         let result = self.store.claim(&request).await;
         if result.is_err() {
             self.doubtful_claims.push((lease_token, Instant::now()));
+            self.next_settle = Instant::now();
         }
         result
     }
@@ -614,9 +621,11 @@ impl Producer<'_> {
     /// again for [`DOUBTFUL_CLAIM_SETTLE`] after the failure, in case the old server process was
     /// still finishing the statement.
     async fn settle_doubtful_claims(&mut self) {
-        if self.doubtful_claims.is_empty() {
+        if self.doubtful_claims.is_empty() || Instant::now() < self.next_settle {
             return;
         }
+        // Not before every claim: during a busy drain that would be one more statement per claim.
+        self.next_settle = Instant::now() + DOUBTFUL_CLAIM_RECHECK;
         let tokens: Vec<i64> = self.doubtful_claims.iter().map(|(token, _)| *token).collect();
         // While the database is still away this fails, and so does the next claim, which backs off.
         if let Ok(released) = self.store.release_leases(&tokens).await {

@@ -113,6 +113,9 @@ async fn rescue_requeues_the_tasks_of_dead_workers_only(fx: Arc<Fixture>) {
     // The rescued tasks run again elsewhere, and the dead worker's late results are refused.
     let again = claim(&fx.store, &default_queue(), 10, "alive", common::lease(), now).await;
     assert_eq!(again.iter().map(|j| j.attempt).collect::<Vec<_>>(), vec![2, 2]);
+    // The runner learns that one of the two attempts was a crash, not a failure of the task.
+    assert_eq!(again.iter().map(|j| j.crashes).collect::<Vec<_>>(), vec![1, 1]);
+    assert!(alive.iter().all(|j| j.crashes == 0));
     let late: Vec<Outcome> = dead
         .iter()
         .map(|job| Outcome::for_job(job, OutcomeKind::Succeeded { return_json: "\"late\"".into() }))

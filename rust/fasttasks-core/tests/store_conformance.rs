@@ -332,6 +332,7 @@ async fn retry_outcome_requeues_with_error_appended(fx: Arc<Fixture>) {
             Some(retry_at) => {
                 assert_eq!(row.status, "READY");
                 assert_eq!(row.available_at, retry_at);
+                assert_eq!(row.run_after, Some(retry_at), "deferred to the retry, as Django's result shows");
                 assert_eq!(row.finished_at, None, "a retried task is not finished");
                 let early = claim(&fx.store, &default_queue(), 1, "w1", lease(), retry_at - secs(1)).await;
                 assert!(early.is_empty(), "not claimable before its retry time");

@@ -28,6 +28,7 @@ pub struct Job {
     pub last_attempted_at: DateTime<Utc>,
     pub attempt: i32,
     pub max_attempts: i32,
+    pub crashes: i32,
     pub worker_ids_json: String,
 }
 
@@ -47,6 +48,7 @@ impl From<ClaimedJob> for Job {
             last_attempted_at: job.last_attempted_at,
             attempt: job.attempt,
             max_attempts: job.max_attempts,
+            crashes: job.crashes,
             worker_ids_json: job.worker_ids_json,
         }
     }

@@ -97,7 +97,7 @@ FROM picked
 WHERE t.id = picked.id
 RETURNING t.id, t.task_path, t.queue_name, t.backend_name, t.priority, t.args::text AS args,
     t.kwargs::text AS kwargs, t.run_after, t.enqueued_at, t.started_at, t.last_attempted_at,
-    t.attempts, t.max_attempts, t.worker_ids::text AS worker_ids, t.available_at";
+    t.attempts, t.max_attempts, t.crashes, t.worker_ids::text AS worker_ids, t.available_at";
 
 /// The same with a queue filter. A separate text (not `$6 IS NULL OR …`) so each variant gets a plan
 /// made for it.
@@ -121,7 +121,7 @@ FROM picked
 WHERE t.id = picked.id
 RETURNING t.id, t.task_path, t.queue_name, t.backend_name, t.priority, t.args::text AS args,
     t.kwargs::text AS kwargs, t.run_after, t.enqueued_at, t.started_at, t.last_attempted_at,
-    t.attempts, t.max_attempts, t.worker_ids::text AS worker_ids, t.available_at";
+    t.attempts, t.max_attempts, t.crashes, t.worker_ids::text AS worker_ids, t.available_at";
 
 /// One statement for a whole batch of outcomes. The guard (the same lease) makes a completion from a
 /// worker whose attempt was taken away a no-op; `RETURNING` tells which ones applied.
@@ -131,12 +131,14 @@ RETURNING t.id, t.task_path, t.queue_name, t.backend_name, t.priority, t.args::t
 /// the planner (without statistics) pick the partial running index, which fills with dead entries of
 /// finished rows until vacuum runs, making every completion scan all of them (measured: 40,000 tasks at
 /// concurrency 128 took 173 s instead of 4 s). Matching on `id` leaves it the primary key.
-/// A retry (status READY) leaves `finished_at` NULL and moves `available_at` to the retry time.
+/// A retry (status READY) leaves `finished_at` NULL and defers the task to the retry time: `available_at`
+/// (the queue's) and `run_after` (what Django's result shows).
 const COMPLETE: &str = "\
 UPDATE fasttasks_task AS t
 SET status = v.status,
     finished_at = v.finished_at,
     available_at = COALESCE(v.retry_at, t.available_at),
+    run_after = COALESCE(v.retry_at, t.run_after),
     return_value = CASE WHEN v.status = 'SUCCESSFUL' THEN v.return_value::jsonb ELSE t.return_value END,
     errors = CASE WHEN v.error IS NULL THEN t.errors ELSE t.errors || jsonb_build_array(v.error::jsonb) END,
     worker_id = NULL,
@@ -597,6 +599,7 @@ fn claimed_job(
         last_attempted_at: timestamp(row, "last_attempted_at")?.filter(in_job_range).unwrap_or(request.now),
         attempt: row.try_get("attempts")?,
         max_attempts: row.try_get("max_attempts")?,
+        crashes: row.try_get("crashes")?,
         worker_ids_json: row.try_get("worker_ids")?,
         lease_token: request.lease_token,
     };

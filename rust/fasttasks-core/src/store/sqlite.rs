@@ -66,7 +66,8 @@ macro_rules! claimed_row_json {
         "json_array(
     id, task_path, queue_name, backend_name, priority, args, kwargs,
     CAST(run_after AS TEXT), CAST(enqueued_at AS TEXT), CAST(started_at AS TEXT),
-    CAST(attempts AS INTEGER), max_attempts, worker_ids, CAST(available_at AS TEXT))"
+    CAST(attempts AS INTEGER), max_attempts, worker_ids, CAST(available_at AS TEXT),
+    CAST(crashes AS INTEGER))"
     };
 }
 
@@ -195,6 +196,7 @@ type ClaimedRow = (
     Option<i64>,
     Option<String>,
     Option<String>,
+    Option<i64>,
 );
 
 // The JSON is read with `json_extract` rather than `->>` (SQLite 3.38): `UPDATE … FROM` (3.33) is the
@@ -211,6 +213,7 @@ UPDATE fasttasks_task AS t
 SET status = o.status,
     finished_at = o.finished_at,
     available_at = CASE WHEN o.status = 'READY' THEN o.retry_at ELSE t.available_at END,
+    run_after = CASE WHEN o.status = 'READY' THEN o.retry_at ELSE t.run_after END,
     return_value = CASE WHEN o.status = 'SUCCESSFUL' THEN o.return_json ELSE t.return_value END,
     errors = CASE WHEN o.status = 'SUCCESSFUL' THEN t.errors
         ELSE json_insert(",
@@ -270,7 +273,8 @@ WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2"
 );
 
 const COMPLETE_RETRY: &str = concat!(
-    "UPDATE fasttasks_task SET status = 'READY', available_at = ?3, finished_at = NULL, errors = json_insert(",
+    "UPDATE fasttasks_task SET status = 'READY', available_at = ?3, run_after = ?3, finished_at = NULL, \
+     errors = json_insert(",
     json_list!("errors"),
     ", '$[#]', json(?4)), worker_id = NULL, lease_token = NULL
 WHERE id = ?1 AND status = 'RUNNING' AND lease_token = ?2"
@@ -974,6 +978,7 @@ fn claimed_job(row: ClaimedRow, request: &ClaimRequest<'_>) -> (ClaimedJob, Stri
         (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
     let (run_after, enqueued_at, started_at, attempts, max_attempts, worker_ids, available_at) =
         (row.7, row.8, row.9, row.10, row.11, row.12, row.13);
+    let crashes = row.14;
     let timestamp = |text: Option<String>| text.as_deref().and_then(from_sqlite_text).filter(in_job_range);
     let small = |number: Option<i64>| {
         number.map_or(0, |n| i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX }))
@@ -993,6 +998,7 @@ fn claimed_job(row: ClaimedRow, request: &ClaimRequest<'_>) -> (ClaimedJob, Stri
         last_attempted_at: request.now,
         attempt: small(attempts),
         max_attempts: small(max_attempts),
+        crashes: small(crashes),
         worker_ids_json: worker_ids.unwrap_or_else(|| "[]".to_owned()),
         lease_token: request.lease_token,
     };
