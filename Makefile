@@ -3,11 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= $(shell scripts/find-python.sh)
 VENV ?= .venv
 VENV52 ?= .venv-django52
+VENV60 ?= .venv-django60
 PY := $(VENV)/bin/python
 PY52 := $(VENV52)/bin/python
+PY60 := $(VENV60)/bin/python
 PYTHON52 ?= $(shell command -v python3.11 || echo python3)
 
-.PHONY: venv build demo test test-rust test-python test-django52 lint typecheck bench bench-quick bench-enqueue clean
+.PHONY: venv build demo test test-rust test-python test-django52 test-django60 lint typecheck bench bench-quick bench-enqueue clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +51,19 @@ test-django52: $(VENV52)/.installed
 	FASTTASKS_TEST_DB=sqlite $(PY52) -m pytest
 	FASTTASKS_TEST_DB=postgres $(PY52) -m pytest
 
+$(VENV60)/.installed: requirements-django60.txt
+	$(PYTHON) -m venv $(VENV60)
+	$(PY60) -m pip install --quiet --upgrade pip
+	$(PY60) -m pip install --quiet -r requirements-django60.txt
+	touch $@
+
+# The same suite on Django 6.0, whose @task takes no extra options (fasttasks.task does).
+test-django60: $(VENV60)/.installed
+	scripts/ensure-system-deps.sh
+	VIRTUAL_ENV=$(abspath $(VENV60)) $(VENV60)/bin/maturin develop --release --quiet
+	FASTTASKS_TEST_DB=sqlite $(PY60) -m pytest
+	FASTTASKS_TEST_DB=postgres $(PY60) -m pytest
+
 lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -77,4 +92,4 @@ bench-enqueue: build
 	BENCH_MAKE_TARGET=bench-enqueue $(PY) benches/run.py --scenarios S2a,S2b,S2c $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV52) target
+	rm -rf $(VENV) $(VENV52) $(VENV60) target

@@ -188,11 +188,13 @@ def test_max_attempts_from_task_attribute() -> None:
     class RetryingTask(Task):  # type: ignore[type-arg]
         max_attempts: int = 3
 
-    retrying = RetryingTask(func=tasks.add.func)
+    # Django 6.0's Task has no defaults for these.
+    fields = {"priority": 0, "backend": "default", "queue_name": "default", "run_after": None}
+    retrying = RetryingTask(func=tasks.add.func, **fields)
     result = retrying.enqueue(1, 2)
     assert TaskRecord.objects.get(pk=result.id).max_attempts == 3
     with pytest.raises(InvalidTask, match="max_attempts"):
-        RetryingTask(func=tasks.add.func, max_attempts=0)
+        RetryingTask(func=tasks.add.func, max_attempts=0, **fields)
 
 
 # -- argument encoding -----------------------------------------------------------------------------

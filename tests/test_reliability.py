@@ -267,7 +267,8 @@ def test_supervisor_backs_off_a_crash_loop(start_worker: Callable[..., Started],
         what="both processes to be on their third restart",
     )
     supervisor.process.send_signal(signal.SIGTERM)
-    assert supervisor.process.wait(timeout=30) == 1
+    # The stop itself went well: the crashes were reported (logged) as they happened.
+    assert supervisor.process.wait(timeout=30) == 0
     delays: dict[str, list[float]] = defaultdict(list)
     for line in supervisor.output().splitlines():
         if "restarting it in" in line:

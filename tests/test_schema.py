@@ -102,12 +102,16 @@ def test_indexes_match() -> None:
         assert found["columns"] == expected_columns
         if "orders" in found:
             assert found["orders"] == ["DESC" if name.startswith("-") else "ASC" for name in index.fields]
+    unique = [c for c in TaskRecord._meta.constraints if isinstance(c, models.UniqueConstraint)]
+    for constraint in unique:
+        assert constraints[constraint.name]["unique"], f"{constraint.name} is not UNIQUE in the SQL schema"
+        assert constraints[constraint.name]["columns"] == list(constraint.fields)
     sql_indexes = {name for name, c in constraints.items() if c.get("index") and not c["primary_key"]}
-    assert sql_indexes == {index.name for index in TaskRecord._meta.indexes}
+    assert sql_indexes == {index.name for index in [*TaskRecord._meta.indexes, *unique]}
 
 
 def test_check_constraints_match() -> None:
-    names = [constraint.name for constraint in TaskRecord._meta.constraints]
+    names = [c.name for c in TaskRecord._meta.constraints if isinstance(c, models.CheckConstraint)]
     with connection.cursor() as cursor:
         if IS_SQLITE:
             cursor.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = %s", [TABLE])

@@ -272,3 +272,108 @@ if DJANGO_DECORATOR_TAKES_OPTIONS:
         if context.attempt < 3:
             raise ConnectionError("flaky")
         return context.attempt
+
+
+# -- timeouts ----------------------------------------------------------------------------------------
+
+
+@fasttask(timeout=0.5)
+def busy_for(path: str, seconds: float) -> int:
+    """Pure Python work (a loop of bytecode): a timeout stops it at once."""
+    _append(path, f"start {time.time()}")
+    end = time.monotonic() + seconds
+    spins = 0
+    while time.monotonic() < end:
+        spins += 1
+    _append(path, "end")
+    return spins
+
+
+@fasttask(timeout=0.3)
+def sleeps_for(path: str, seconds: float) -> None:
+    """Blocked in C (time.sleep): in a task thread the timeout takes effect when the sleep returns."""
+    _append(path, f"start {time.time()}")
+    time.sleep(seconds)
+    _append(path, "end")
+
+
+@fasttask(timeout=0.5)
+async def awaits_for(path: str, seconds: float) -> None:
+    _append(path, f"start {time.time()}")
+    await asyncio.sleep(seconds)
+    _append(path, "end")
+
+
+@fasttask(timeout=0.3, max_attempts=2, backoff=QUICK_BACKOFF)
+def busy_and_retried(path: str) -> None:
+    _append(path, "attempt")
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        pass
+
+
+@fasttask(timeout=5)
+def quick_with_timeout(number: int) -> int:
+    return number * 2
+
+
+# -- unique tasks ------------------------------------------------------------------------------------
+
+
+@fasttask(unique=True)
+def sync_invoice(invoice_id: int, force: bool = False) -> int:
+    return invoice_id
+
+
+def _invoice_key(invoice_id: int, **options: Any) -> str:
+    return f"invoice-{invoice_id}"
+
+
+@fasttask(unique_key=_invoice_key)
+def send_invoice(invoice_id: int, copy_to: str | None = None) -> int:
+    return invoice_id
+
+
+@fasttask(unique_key="nightly-report")
+def nightly_report(day: str) -> str:
+    return day
+
+
+@fasttask(unique_key=lambda *args, **kwargs: 42)  # type: ignore[arg-type, return-value]
+def badly_keyed(value: int) -> int:
+    return value
+
+
+# -- cancellation ------------------------------------------------------------------------------------
+
+
+@fasttask(max_attempts=3, backoff=QUICK_BACKOFF)
+def busy_until_cancelled(path: str) -> None:
+    """Python work for up to 60 s (and retries it would get, if cancellation were retried)."""
+    _append(path, "start")
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        pass
+    _append(path, "end")
+
+
+@fasttask
+async def waits_until_cancelled(path: str) -> None:
+    _append(path, "start")
+    try:
+        await asyncio.sleep(60)
+    finally:
+        _append(path, "cleaned up")
+
+
+@fasttask(timeout=0.5)
+def ignores_its_timeout(path: str) -> None:
+    """Swallows TaskTimeout (as `except BaseException` code does) and goes on for 30 s."""
+    _append(path, f"start {os.getpid()}")
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            _append(path, "swallowed")
+    _append(path, "end")

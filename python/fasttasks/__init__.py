@@ -14,20 +14,27 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
     __version__ = "0+unknown"
 
-from .exceptions import Retry
+from .exceptions import Retry, TaskCancelled, TaskTimeout
 
 __all__ = [
+    "Cancellation",
     "ExponentialBackoff",
     "FastTasksBackend",
     "Retry",
     "Task",
+    "TaskCancelled",
+    "TaskTimeout",
     "__version__",
+    "acancel",
     "aenqueue_many",
+    "cancel",
     "enqueue_many",
+    "is_cancelled",
     "task",
 ]
 
 if TYPE_CHECKING:
+    from ._cancel import Cancellation, acancel, cancel, is_cancelled
     from ._task import Task, task
     from .backend import FastTasksBackend, aenqueue_many, enqueue_many
     from .retry import ExponentialBackoff
@@ -39,6 +46,10 @@ _LAZY = {
     "Task": "_task",
     "task": "_task",
     "ExponentialBackoff": "retry",
+    "cancel": "_cancel",
+    "acancel": "_cancel",
+    "is_cancelled": "_cancel",
+    "Cancellation": "_cancel",
 }
 
 

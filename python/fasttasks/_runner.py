@@ -27,6 +27,7 @@ from django.db import close_old_connections, connections
 from django.db.backends.signals import connection_created
 
 from . import _json
+from ._interrupts import Interrupts, Slot
 from ._results import build_task_result, task_for_row
 from .compat import (
     Task,
@@ -39,7 +40,7 @@ from .compat import (
     task_finished,
     task_started,
 )
-from .exceptions import Retry
+from .exceptions import Retry, TaskCancelled, TaskTimeout
 from .retry import RetryDefaults
 
 if TYPE_CHECKING:
@@ -73,6 +74,18 @@ class Runner:
         # Signals are sent with the backend *class* as sender, as Django's contract documents.
         backend = task_backends[backend_alias]
         self.retry_defaults: RetryDefaults = getattr(backend, "retry_defaults", RetryDefaults())
+        self._timeout_for: Callable[[Any], float | None] = getattr(
+            backend, "timeout_for", lambda task: getattr(task, "timeout", None)
+        )
+        self._interrupts = Interrupts(on_stuck=self._on_stuck)
+        # Sync attempts with a timeout, while they run: what _on_stuck needs to report one.
+        self._timed: dict[str, tuple[Job, Reply, TaskResult[..., Any], float]] = {}
+        #: Set by a worker started by a --processes supervisor: stops this process (it is replaced).
+        self.stop_process: Callable[[], None] | None = None
+        # Cancellation asked for attempts not started yet (claimed ahead), and for running coroutines.
+        self._cancel_before_start: set[str] = set()
+        self._coroutines: dict[str, asyncio.Task[None]] = {}
+        self._cancelled_coroutines: set[str] = set()
         self.backend_class: type[Any] = type(backend)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
@@ -106,6 +119,10 @@ class Runner:
             reply.fail(self._error_entry(job, exc))
             return
         task, result, args, kwargs = prepared
+        if self._cancel_before_start and job.id in self._cancel_before_start:
+            self._cancel_before_start.discard(job.id)
+            self._fail(job, reply, result, TaskCancelled("cancelled before it started"))
+            return
         func = task.func
         is_coroutine = self._is_coroutine.get(func)
         if is_coroutine is None:
@@ -117,13 +134,29 @@ class Runner:
             thread.last_task_end = time.monotonic()  # this thread's part is done; the loop runs it
             return
         self._send(task_started, result)
+        timeout = self._timeout_for(task)
+        slot = thread.slot if hasattr(thread, "slot") else self._new_slot()
+        slot.job_id = job.id
+        if timeout is not None:
+            self._timed[job.id] = (job, reply, result, timeout)
+            self._interrupts.arm(slot, job.id, timeout)
         try:
-            if task.takes_context:
-                value = task.func(TaskContext(task_result=result), *args, **kwargs)
-            else:
-                value = task.func(*args, **kwargs)
-            return_json, normalized = self._encode_return(value)
+            try:
+                if task.takes_context:
+                    value = task.func(TaskContext(task_result=result), *args, **kwargs)
+                else:
+                    value = task.func(*args, **kwargs)
+                return_json, normalized = self._encode_return(value)
+            finally:
+                self._interrupts.finish(slot, job.id)
+                if timeout is not None:
+                    self._timed.pop(job.id, None)
         except BaseException as exc:  # every task exception is data (Django: BaseException)
+            # Raised by Interrupts as a bare class: say what happened.
+            if isinstance(exc, TaskTimeout) and not exc.args and timeout is not None:
+                exc.args = (f"the attempt ran past the task's timeout of {timeout:g}s",)
+            elif isinstance(exc, TaskCancelled) and not exc.args:
+                exc.args = ("cancelled while running",)
             self._fail(job, reply, result, exc)
         else:
             self._succeed(reply, result, return_json, normalized)
@@ -148,6 +181,62 @@ class Runner:
     def close(self) -> None:
         """Stop listening for new connections (the worker is done with this runner)."""
         connection_created.disconnect(dispatch_uid=f"fasttasks-{id(self)}")
+        self._interrupts.close()
+
+    def cancel(self, job_id: str) -> None:
+        """``fasttasks.cancel()`` asked ``job_id``, an attempt this worker holds, to stop. Called from the
+        worker's main thread, again every heartbeat round until the attempt ends."""
+        if self._interrupts.interrupt(job_id, TaskCancelled):
+            return  # a sync task: TaskCancelled is raised in its thread
+        coroutine = self._coroutines.get(job_id)
+        loop = self._loop
+        if coroutine is not None and loop is not None:
+            loop.call_soon_threadsafe(self._cancel_coroutine, job_id)
+            return
+        # Claimed but not started yet (or finished and not yet written): it fails as it starts.
+        self._cancel_before_start.add(job_id)
+
+    def _new_slot(self) -> Slot:
+        slot = self._thread.slot = self._interrupts.slot()
+        return slot
+
+    def _on_stuck(self, job_id: str) -> None:
+        """On the timeout watchdog: a sync attempt went on well after its TaskTimeout was raised (it
+        caught the exception, or is blocked in C). Under a --processes supervisor the attempt is reported
+        as timed out and this process stops, to be replaced; otherwise it can only be left running."""
+        attempt = self._timed.pop(job_id, None)
+        if attempt is None or attempt[1].done:
+            return
+        job, reply, result, timeout = attempt
+        if self.stop_process is None:
+            logger.error(
+                "Task id=%s path=%s ignored its TaskTimeout (timeout %gs) and runs on; run the worker with "
+                "--processes to have such a process replaced",
+                job.id,
+                job.task_path,
+                timeout,
+            )
+            return
+        logger.error(
+            "Task id=%s path=%s ignored its TaskTimeout (timeout %gs): recording the attempt as timed out "
+            "and stopping this worker process, which its supervisor replaces; its other running tasks "
+            "are rescued",
+            job.id,
+            job.task_path,
+            timeout,
+        )
+        exc = TaskTimeout(
+            f"the attempt ran past the task's timeout of {timeout:g}s and ignored TaskTimeout; its worker "
+            "process was stopped and replaced"
+        )
+        self._fail(job, reply, result, exc)
+        self.stop_process()
+
+    def _cancel_coroutine(self, job_id: str) -> None:
+        coroutine = self._coroutines.get(job_id)
+        if coroutine is not None and job_id not in self._cancelled_coroutines:
+            self._cancelled_coroutines.add(job_id)
+            coroutine.cancel("fasttasks.cancel()")
 
     def thread_exit(self) -> None:
         """Called by each task thread when the worker stops: close that thread's connections."""
@@ -192,6 +281,13 @@ class Runner:
         kwargs: dict[str, Any],
     ) -> None:
         async with self._coroutine_slots():
+            if job.id in self._cancel_before_start:
+                self._cancel_before_start.discard(job.id)
+                self._fail(job, reply, result, TaskCancelled("cancelled before it started"))
+                return
+            current = asyncio.current_task()
+            if current is not None:
+                self._coroutines[job.id] = current
             self._send(task_started, result)
             # The async ORM runs in asgiref's thread-sensitive executor: keep that thread's connections
             # healthy around each task, as the sync path does for task threads. Each check is a hop to
@@ -199,18 +295,36 @@ class Runner:
             # thread is known to hold no connection: after a check found none, until a connection is
             # opened outside the task threads.
             await self._check_executor_connections()
+            timeout = self._timeout_for(task)
+            scope: asyncio.Timeout | None = None
             try:
                 func: Callable[..., Coroutine[Any, Any, Any]] = task.func
                 if task.takes_context:
-                    value = await func(TaskContext(task_result=result), *args, **kwargs)
+                    call = func(TaskContext(task_result=result), *args, **kwargs)
                 else:
-                    value = await func(*args, **kwargs)
+                    call = func(*args, **kwargs)
+                if timeout is None:
+                    value = await call
+                else:
+                    async with asyncio.timeout(timeout) as scope:
+                        value = await call
                 return_json, normalized = self._encode_return(value)
             except BaseException as exc:  # CancelledError too: the attempt is over
+                replacement: BaseException | None = None
+                if scope is not None and scope.expired() and isinstance(exc, TimeoutError):
+                    replacement = TaskTimeout(f"the attempt ran past the task's timeout of {timeout:g}s")
+                elif job.id in self._cancelled_coroutines and isinstance(exc, asyncio.CancelledError):
+                    replacement = TaskCancelled("cancelled while running")
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                if replacement is not None:
+                    replacement.__cause__, replacement.__traceback__ = exc, exc.__traceback__
+                    exc = replacement
                 self._fail(job, reply, result, exc)
             else:
                 self._succeed(reply, result, return_json, normalized)
             finally:
+                self._coroutines.pop(job.id, None)
+                self._cancelled_coroutines.discard(job.id)
                 await self._check_executor_connections()
 
     def _coroutine_slots(self) -> asyncio.Semaphore:
@@ -267,6 +381,8 @@ class Runner:
         ended in a crash of their worker are the rescuer's business (``--max-crashes``), not counted."""
         if job.max_attempts <= 1 and not isinstance(exc, Retry):
             return None  # Django's meaning, and the common case: no policy to look up
+        if isinstance(exc, TaskCancelled):
+            return None
         try:
             policy = self.retry_defaults.policy_for(task)
             return policy.delay(exc, job.attempt, job.attempt - job.crashes, job.max_attempts)

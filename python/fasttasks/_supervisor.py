@@ -208,6 +208,8 @@ def _schedule_restart(slot: _Slot, code: int, now: float) -> None:
     delay = 0.0 if slot.quick_deaths == 0 else min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (slot.quick_deaths - 1))
     slot.restart_at = now + delay
     slot.restarts += 1
+    # Reported here; a stop while the slot waits for its restart is not that process's failure.
+    slot.exit_code = None
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
     logger.warning(
         "worker process %s %s after %.1fs; restarting it in %.1fs (restart %d)",

@@ -14,14 +14,18 @@ makes the same ``Task`` (interchangeable with Django's decorator on 6.1).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
+from ._interrupts import timeout_value
+from ._unique import UniqueKey, unique_key_value
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     DEFAULT_TASK_QUEUE_NAME,
+    InvalidTask,
     TaskContext,
 )
 from .compat import Task as _DjangoTask
@@ -52,11 +56,19 @@ class Task(_GenericTask[P, R]):
     - ``retry_on``: the exception classes that earn another attempt (default ``Exception``).
     - ``backoff``: the wait before the next attempt, ``(attempt, exception) -> seconds``; default
       ``ExponentialBackoff()``: full jitter, base 1 s, cap 600 s.
+    - ``timeout``: seconds an attempt may run before ``fasttasks.TaskTimeout`` ends it (see
+      ``fasttasks._interrupts`` for what that guarantees for sync tasks); default: none.
+    - ``unique``: while a call with the same arguments is READY or RUNNING, enqueueing it again returns
+      that task's result instead of a second task. ``unique_key``: the same, with the key given (a str:
+      one at a time for the whole task) or computed from the arguments (a function); implies unique.
     """
 
     max_attempts: int | None = None
     retry_on: RetryOn | None = None
     backoff: Backoff | None = None
+    timeout: float | None = None
+    unique: bool = False
+    unique_key: UniqueKey | None = None
 
     if TYPE_CHECKING:
 
@@ -71,14 +83,36 @@ class Task(_GenericTask[P, R]):
             """Django's ``using``, which returns a copy of this class (``dataclasses.replace``)."""
             ...
 
+    def with_options(self, **options: Any) -> Task[P, R]:
+        """A copy with some of fasttasks' options changed, for one call site, as ``using`` does for
+        Django's: ``sync_invoice.with_options(unique_key=f"invoice-{n}", timeout=10).enqueue(n)``.
+        ``None`` puts an option back to the backend's default."""
+        unknown = set(options) - set(TASK_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"with_options() got unknown options {sorted(unknown)}; known: {', '.join(TASK_OPTIONS)}"
+            )
+        changed: Task[P, R] = dataclasses.replace(self, **options)
+        return changed
+
     def __post_init__(self) -> None:
         # Normalized before Django's checks (which ask the backend to validate the task). Frozen, so
         # through object.__setattr__, as Django itself does for its frozen results.
         object.__setattr__(self, "max_attempts", max_attempts_value(self.max_attempts))
         object.__setattr__(self, "retry_on", retry_on_value(self.retry_on))
         object.__setattr__(self, "backoff", backoff_value(self.backoff))
+        object.__setattr__(self, "timeout", timeout_value(self.timeout))
+        if self.unique is None:  # with_options(unique=None): back to the default
+            object.__setattr__(self, "unique", False)
+        if not isinstance(self.unique, bool):
+            raise InvalidTask(f"unique must be True or False (got {self.unique!r}).")
+        object.__setattr__(self, "unique_key", unique_key_value(self.unique_key))
         # Not super(): slots=True makes a new class, which the zero-argument form does not know.
         _DjangoTask.__post_init__(self)
+
+
+#: The options fasttasks adds to Django's Task.
+TASK_OPTIONS = ("max_attempts", "retry_on", "backoff", "timeout", "unique", "unique_key")
 
 
 @overload
@@ -92,6 +126,9 @@ def task(
     max_attempts: int | None = ...,
     retry_on: RetryOn | None = ...,
     backoff: Backoff | None = ...,
+    timeout: float | None = ...,
+    unique: bool = ...,
+    unique_key: UniqueKey | None = ...,
 ) -> Task[P, R]: ...
 @overload
 def task(
@@ -104,6 +141,9 @@ def task(
     max_attempts: int | None = ...,
     retry_on: RetryOn | None = ...,
     backoff: Backoff | None = ...,
+    timeout: float | None = ...,
+    unique: bool = ...,
+    unique_key: UniqueKey | None = ...,
 ) -> Task[P, R]: ...
 @overload
 def task(
@@ -115,6 +155,9 @@ def task(
     max_attempts: int | None = ...,
     retry_on: RetryOn | None = ...,
     backoff: Backoff | None = ...,
+    timeout: float | None = ...,
+    unique: bool = ...,
+    unique_key: UniqueKey | None = ...,
 ) -> Callable[[Callable[Concatenate[TaskContext[Any, Any], P], R]], Task[P, R]]: ...
 @overload
 def task(
@@ -126,6 +169,9 @@ def task(
     max_attempts: int | None = ...,
     retry_on: RetryOn | None = ...,
     backoff: Backoff | None = ...,
+    timeout: float | None = ...,
+    unique: bool = ...,
+    unique_key: UniqueKey | None = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(
     function: Callable[..., Any] | None = None,
@@ -137,6 +183,9 @@ def task(
     max_attempts: int | None = None,
     retry_on: RetryOn | None = None,
     backoff: Backoff | None = None,
+    timeout: float | None = None,
+    unique: bool = False,
+    unique_key: UniqueKey | None = None,
 ) -> Any:
     """Django's ``@task``, with fasttasks' options; bare (``@task``) or called (``@task(...)``)."""
 
@@ -144,12 +193,16 @@ def task(
         return Task(
             func=func,
             priority=priority,
+            run_after=None,  # Django 6.0's Task requires it
             queue_name=queue_name,
             backend=backend,
             takes_context=takes_context,
             max_attempts=max_attempts,
             retry_on=retry_on,
             backoff=backoff,
+            timeout=timeout,
+            unique=unique,
+            unique_key=unique_key,
         )
 
     return wrap if function is None else wrap(function)

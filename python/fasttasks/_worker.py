@@ -410,7 +410,7 @@ def run_worker(options: WorkerOptions) -> int:
         from ._supervisor import run_supervisor
 
         return run_supervisor(options)
-    from ._supervisor import die_with_supervisor
+    from ._supervisor import SUPERVISOR_PID_ENV, die_with_supervisor
 
     die_with_supervisor()
     try:
@@ -461,12 +461,16 @@ def run_worker(options: WorkerOptions) -> int:
         mode,
         wake_ups,
     )
+    if os.environ.get(SUPERVISOR_PID_ENV):
+        # A task that ignores its timeout can only be stopped with its process; the supervisor
+        # starts another.
+        runner.stop_process = worker.abort
     signals = _Signals(worker, options.grace)
     signals.install()
     started = time.monotonic()
     try:
         worker.start()
-        _wait_and_report(worker, signals, started)
+        _wait_and_report(worker, runner, signals, started)
     finally:
         signals.restore()
         runner.close()
@@ -499,11 +503,14 @@ def run_worker(options: WorkerOptions) -> int:
     return 0
 
 
-def _wait_and_report(worker: Any, signals: _Signals, started: float) -> None:
+def _wait_and_report(worker: Any, runner: Any, signals: _Signals, started: float) -> None:
     last_summary = started
     last_done = 0
     while not worker.wait(0.2):
         signals.check_grace()
+        # Found by the heartbeat round (so within about --heartbeat seconds of fasttasks.cancel()).
+        for job_id in worker.drain_cancel_requests():
+            runner.cancel(job_id)
         _log_events(worker)
         now = time.monotonic()
         if now - last_summary >= SUMMARY_EVERY:

@@ -7,7 +7,7 @@ deleted; READY and RUNNING ones cannot, since deleting them would silently drop 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -52,7 +52,17 @@ class TaskRecordAdmin(_ModelAdmin):
     fieldsets = (
         (
             None,
-            {"fields": ("id", "task_path", "status", "backend_name", "queue_name", "priority")},
+            {
+                "fields": (
+                    "id",
+                    "task_path",
+                    "status",
+                    "backend_name",
+                    "queue_name",
+                    "priority",
+                    "unique_key",
+                )
+            },
         ),
         (
             _("Arguments and result"),
@@ -60,7 +70,16 @@ class TaskRecordAdmin(_ModelAdmin):
         ),
         (
             _("Attempts"),
-            {"fields": ("attempts", "max_attempts", "errors_display", "worker_ids_display", "worker_id")},
+            {
+                "fields": (
+                    "attempts",
+                    "max_attempts",
+                    "crashes",
+                    "errors_display",
+                    "worker_ids_display",
+                    "worker_id",
+                )
+            },
         ),
         (
             _("Timestamps"),
@@ -72,31 +91,14 @@ class TaskRecordAdmin(_ModelAdmin):
                     "started_at",
                     "last_attempted_at",
                     "finished_at",
+                    "cancel_requested_at",
                 )
             },
         ),
     )
-    readonly_fields = (
-        "id",
-        "task_path",
-        "status",
-        "backend_name",
-        "queue_name",
-        "priority",
-        "args_display",
-        "kwargs_display",
-        "return_value_display",
-        "attempts",
-        "max_attempts",
-        "errors_display",
-        "worker_ids_display",
-        "worker_id",
-        "enqueued_at",
-        "run_after",
-        "available_at",
-        "started_at",
-        "last_attempted_at",
-        "finished_at",
+    # Nothing is edited here: the worker owns these rows.
+    readonly_fields = tuple(
+        name for _, options in fieldsets for name in cast("tuple[str, ...]", options["fields"])
     )
 
     # The changelist shows none of the (possibly large) JSON columns; do not fetch them for 100 rows.

@@ -35,8 +35,11 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from . import _json
+from ._cancel import Cancellation, cancel_in_database
+from ._interrupts import timeout_value
 from ._results import build_task_result, errors_from_json, task_for_row
 from ._task import Task as FastTask
+from ._unique import insert_unique, unique_key_for
 from .compat import (
     BACKPORT,
     BaseTaskBackend,
@@ -198,6 +201,13 @@ def _is_valid_id(result_id: object) -> bool:
     return True
 
 
+class _Unset:
+    """Not read yet (``None`` is a valid setting)."""
+
+
+_UNSET = _Unset()
+
+
 class FastTasksBackend(BaseTaskBackend):
     """Store tasks in the ``fasttasks_task`` table of a Django database (PostgreSQL or SQLite).
 
@@ -221,6 +231,7 @@ class FastTasksBackend(BaseTaskBackend):
         # work (behind a transaction-pooling PgBouncer); workers then poll every --interval (jittered).
         self.listen_notify: bool = bool(self.options.get("LISTEN_NOTIFY", True))
         self._retry_defaults: RetryDefaults | None = None
+        self._default_timeout: float | _Unset | None = _UNSET
 
     @property
     def retry_defaults(self) -> RetryDefaults:
@@ -229,6 +240,18 @@ class FastTasksBackend(BaseTaskBackend):
         if self._retry_defaults is None:
             self._retry_defaults = RetryDefaults.from_options(self.options.get("RETRY"), self.alias)
         return self._retry_defaults
+
+    @property
+    def default_timeout(self) -> float | None:
+        """``OPTIONS["TIMEOUT"]``: seconds an attempt of a task without a ``timeout`` of its own may run."""
+        if isinstance(self._default_timeout, _Unset):
+            where = f"TASKS[{self.alias!r}]['OPTIONS']['TIMEOUT']"
+            self._default_timeout = timeout_value(self.options.get("TIMEOUT"), where)
+        return self._default_timeout
+
+    def timeout_for(self, task: Task[..., Any]) -> float | None:
+        own = getattr(task, "timeout", None)
+        return own if own is not None else self.default_timeout
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -331,10 +354,25 @@ class FastTasksBackend(BaseTaskBackend):
             )
 
         notify = vendor == "postgresql" and self.listen_notify
+        keys = [unique_key_for(task, args_text, kwargs_text) for task, args_text, kwargs_text in entries]
+        unique = [index for index, key in enumerate(keys) if key is not None]
+        if unique:
+            plain_rows = [row for row, key in zip(rows, keys, strict=True) if key is None]
+        else:
+            plain_rows = rows
         # Several statements must succeed or fail together, even in autocommit mode.
-        several = len(rows) > BULK_CHUNK_SIZE
+        several = len(plain_rows) > BULK_CHUNK_SIZE or (len(unique) > 0 and len(rows) > 1)
         block = transaction.atomic(using=self.database_alias) if several else nullcontext()
+        # Entries that found their unique key taken: the index of the entry, the active row.
+        existing: dict[int, TaskRecord] = {}
         with block, connection.cursor() as cursor:
+            for index in unique:
+                key = keys[index]
+                assert key is not None
+                found = insert_unique(self, cursor, rows[index], key, notify, entries[index][0].queue_name)
+                if found is not None:
+                    existing[index] = found
+            rows = plain_rows
             for start in range(0, len(rows), BULK_CHUNK_SIZE):
                 chunk = rows[start : start + BULK_CHUNK_SIZE]
                 last = start + BULK_CHUNK_SIZE >= len(rows)
@@ -346,13 +384,18 @@ class FastTasksBackend(BaseTaskBackend):
                 else:
                     params = [_json.dumps(chunk)]
                 if notify and last:
-                    queues = sorted({task.queue_name for task, _, _ in entries})
+                    plain = [entry for entry, key in zip(entries, keys, strict=True) if key is None]
+                    queues = sorted({task.queue_name for task, _, _ in plain})
                     params.append(queues[0] if len(rows) == 1 else _json.dumps(queues))
                 cursor.execute(_insert_sql(vendor, min(len(rows), 2), notify and last), params)
 
         results: list[TaskResult[..., Any]] = []
         sender = type(self)
-        for result_id, (task, args_text, kwargs_text) in zip(ids, entries, strict=True):
+        for index, (result_id, (task, args_text, kwargs_text)) in enumerate(zip(ids, entries, strict=True)):
+            if index in existing:
+                # Not enqueued: the task with this unique key that is already waiting or running.
+                results.append(self.result_from_record(existing[index]))
+                continue
             result = build_task_result(
                 task=task,
                 id=result_id,
@@ -370,6 +413,12 @@ class FastTasksBackend(BaseTaskBackend):
             results.append(result)
             task_enqueued.send(sender=sender, task_result=result)
         return results
+
+    # -- cancellation ------------------------------------------------------------------------------
+
+    def cancel(self, result_id: str) -> Cancellation:
+        """Stop the task ``result_id`` (see ``fasttasks.cancel``), in the caller's transaction."""
+        return cancel_in_database(self, result_id)
 
     # -- results -----------------------------------------------------------------------------------
 
@@ -460,7 +509,7 @@ class FastTasksBackend(BaseTaskBackend):
             )
             return messages
         try:
-            _ = self.retry_defaults
+            _ = self.retry_defaults, self.default_timeout
         except InvalidTask as exc:
             messages.append(
                 checks.Error(str(exc), hint="See the README's section on retries.", id="fasttasks.E004")

@@ -6,7 +6,7 @@ A task's ``errors`` hold the dotted path of the exception's class; Django's
 
 from __future__ import annotations
 
-__all__ = ["Retry", "WorkerCrashed", "WorkerError"]
+__all__ = ["Retry", "TaskCancelled", "TaskTimeout", "WorkerCrashed", "WorkerError"]
 
 
 class WorkerError(Exception):
@@ -31,3 +31,15 @@ class Retry(Exception):
             raise ValueError(f"Retry(delay=...) must be a finite number of seconds >= 0 (got {delay!r})")
         super().__init__(message or (f"retry in {delay:g}s" if delay is not None else "retry requested"))
         self.delay = delay
+
+
+class TaskTimeout(TimeoutError):
+    """The attempt ran past its task's ``timeout``: raised inside a sync task's thread, or in place of
+    the cancelled coroutine. A ``TimeoutError``, so ``except TimeoutError`` catches it, and the default
+    ``retry_on`` (``Exception``) retries it."""
+
+
+class TaskCancelled(Exception):
+    """``fasttasks.cancel()`` stopped the task: recorded as its last error (the task ends FAILED, so that
+    Django's four statuses stay valid), raised inside a running sync task's thread, or in place of the
+    cancelled coroutine. Never retried."""

@@ -38,6 +38,8 @@ class TaskRecord(models.Model):
     attempts = models.IntegerField(_("attempts"), default=0)
     max_attempts = models.IntegerField(_("max attempts"), default=1)
     crashes = models.IntegerField(_("crashes"), default=0)
+    cancel_requested_at = models.DateTimeField(_("cancel requested at"), null=True)
+    unique_key = models.CharField(_("unique key"), max_length=64, null=True)
     worker_ids = models.JSONField(_("worker ids"), default=list)
     errors = models.JSONField(_("errors"), default=list)
     return_value = models.JSONField(_("return value"), null=True)
@@ -78,6 +80,12 @@ class TaskRecord(models.Model):
             models.CheckConstraint(
                 condition=models.Q(lease_token__isnull=True) | models.Q(status="RUNNING"),
                 name="fasttasks_task_lease_only_while_running",
+            ),
+            # Unique tasks: one active (READY or RUNNING) row per key and backend.
+            models.UniqueConstraint(
+                fields=["backend_name", "unique_key"],
+                condition=models.Q(unique_key__isnull=False, status__in=["READY", "RUNNING"]),
+                name="fasttasks_task_unique_active_idx",
             ),
         ]
 

@@ -88,6 +88,14 @@ class Migration(migrations.Migration):
                         ("attempts", models.IntegerField(default=0, verbose_name="attempts")),
                         ("max_attempts", models.IntegerField(default=1, verbose_name="max attempts")),
                         ("crashes", models.IntegerField(default=0, verbose_name="crashes")),
+                        (
+                            "cancel_requested_at",
+                            models.DateTimeField(null=True, verbose_name="cancel requested at"),
+                        ),
+                        (
+                            "unique_key",
+                            models.CharField(max_length=64, null=True, verbose_name="unique key"),
+                        ),
                         ("worker_ids", models.JSONField(default=list, verbose_name="worker ids")),
                         ("errors", models.JSONField(default=list, verbose_name="errors")),
                         ("return_value", models.JSONField(null=True, verbose_name="return value")),
@@ -131,6 +139,13 @@ class Migration(migrations.Migration):
                                     ("lease_token__isnull", True), ("status", "RUNNING"), _connector="OR"
                                 ),
                                 name="fasttasks_task_lease_only_while_running",
+                            ),
+                            models.UniqueConstraint(
+                                condition=models.Q(
+                                    ("status__in", ["READY", "RUNNING"]), ("unique_key__isnull", False)
+                                ),
+                                fields=("backend_name", "unique_key"),
+                                name="fasttasks_task_unique_active_idx",
                             ),
                         ],
                     },

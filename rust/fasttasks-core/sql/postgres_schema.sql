@@ -27,6 +27,11 @@ CREATE TABLE fasttasks_task (
     -- attempts ended because the worker running them died (rescued): counted apart from max_attempts,
     -- so a task that kills its worker (a poison task) ends FAILED after a few crashes.
     crashes           integer      NOT NULL DEFAULT 0,
+    -- when fasttasks.cancel() asked a RUNNING task to stop; its worker finds it at its next heartbeat.
+    cancel_requested_at timestamptz NULL,
+    -- set for tasks declared unique: a digest of the task path and its arguments (or of its unique_key);
+    -- while a row is READY or RUNNING no other row of its backend holds the same key.
+    unique_key        varchar(64)  NULL,
     worker_ids        jsonb        NOT NULL DEFAULT '[]',
     -- one object per failed attempt: {"exception_class_path", "traceback", "attempt", "worker_id"}
     errors            jsonb        NOT NULL DEFAULT '[]',
@@ -46,6 +51,10 @@ CREATE INDEX fasttasks_task_ready_idx ON fasttasks_task (priority DESC, availabl
 CREATE INDEX fasttasks_task_running_idx ON fasttasks_task (worker_id) WHERE status = 'RUNNING'
 ;
 CREATE INDEX fasttasks_task_finished_idx ON fasttasks_task (finished_at) WHERE status IN ('SUCCESSFUL', 'FAILED')
+;
+-- Unique tasks: a second enqueue of an active key conflicts here and gets the existing task instead.
+CREATE UNIQUE INDEX fasttasks_task_unique_active_idx ON fasttasks_task (backend_name, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('READY', 'RUNNING')
 ;
 -- One row per running worker process: registered at start, its heartbeat_at moved forward by the
 -- worker's Rust runtime (not by Python, so a task holding the GIL cannot make it look dead), deleted at

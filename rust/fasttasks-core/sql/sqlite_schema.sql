@@ -23,6 +23,11 @@ CREATE TABLE fasttasks_task (
     attempts          integer      NOT NULL DEFAULT 0,
     max_attempts      integer      NOT NULL DEFAULT 1,
     crashes           integer      NOT NULL DEFAULT 0,
+    -- when fasttasks.cancel() asked a RUNNING task to stop; its worker finds it at its next heartbeat.
+    cancel_requested_at datetime    NULL,
+    -- set for tasks declared unique: a digest of the task path and its arguments (or of its unique_key);
+    -- while a row is READY or RUNNING no other row of its backend holds the same key.
+    unique_key        varchar(64)  NULL,
     worker_ids        text         NOT NULL DEFAULT '[]' CHECK (json_valid(worker_ids)),
     errors            text         NOT NULL DEFAULT '[]' CHECK (json_valid(errors)),
     return_value      text         NULL CHECK (return_value IS NULL OR json_valid(return_value)),
@@ -38,6 +43,10 @@ CREATE INDEX fasttasks_task_ready_idx ON fasttasks_task (priority DESC, availabl
 CREATE INDEX fasttasks_task_running_idx ON fasttasks_task (worker_id) WHERE status = 'RUNNING'
 ;
 CREATE INDEX fasttasks_task_finished_idx ON fasttasks_task (finished_at) WHERE status IN ('SUCCESSFUL', 'FAILED')
+;
+-- Unique tasks: a second enqueue of an active key conflicts here and gets the existing task instead.
+CREATE UNIQUE INDEX fasttasks_task_unique_active_idx ON fasttasks_task (backend_name, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('READY', 'RUNNING')
 ;
 CREATE TABLE fasttasks_worker (
     id           varchar(64)  NOT NULL PRIMARY KEY,

@@ -124,6 +124,10 @@ async fn round(store: &Store, config: &WorkerConfig, shared: &WorkerShared, lead
         };
         events.push(EventLevel::Info, format!("worker {} {news}", config.worker_id));
     }
+    if !report.cancel_requested.is_empty() {
+        let mut requests = shared.cancel_requests.lock().unwrap_or_else(|poison| poison.into_inner());
+        requests.extend(report.cancel_requested);
+    }
     if let Some(rescue) = report.rescue
         && (!rescue.requeued.is_empty() || !rescue.failed.is_empty())
     {

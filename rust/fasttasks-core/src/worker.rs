@@ -232,6 +232,9 @@ pub struct WorkerShared {
     pub control: WorkerControl,
     pub stats: Arc<WorkerStats>,
     pub events: Arc<EventLog>,
+    /// Ids of running tasks whose cancellation was asked for, found by the maintenance round; the
+    /// executor's side takes them (the same id comes again every round until the task ends).
+    pub cancel_requests: Arc<Mutex<Vec<String>>>,
 }
 
 /// One claimed job for the executor. Exactly one of [`Reply::send`] or release happens per ticket.
@@ -357,7 +360,7 @@ pub struct RunSummary {
 /// Creates the shared control, counters and event log for a worker about to run.
 pub fn new_shared() -> WorkerShared {
     let (control, _) = WorkerControl::new();
-    WorkerShared { control, stats: Arc::default(), events: Arc::default() }
+    WorkerShared { control, stats: Arc::default(), events: Arc::default(), cancel_requests: Arc::default() }
 }
 
 /// Runs the producer and the completer until the work is done (batch / max tasks) or the worker is

@@ -19,6 +19,7 @@ on_both_databases! {
     rescue_fails_a_task_that_keeps_killing_its_worker,
     a_restart_under_the_same_id_rescues_the_previous_processes_tasks,
     a_maintenance_round_heartbeats_elects_and_rescues_in_one_go,
+    a_maintenance_round_reports_cancel_requests_for_its_own_running_tasks,
 }
 
 async fn register(store: &Store, worker_id: &str, at: chrono::DateTime<chrono::Utc>) {
@@ -183,8 +184,29 @@ async fn a_maintenance_round_heartbeats_elects_and_rescues_in_one_go(fx: Arc<Fix
     assert_eq!(first.rescue.unwrap().requeued, vec!["orphan"]);
     // Another worker: registered by its round, not the leader, no rescue.
     let second = other.maintenance_round(&round("w2", t0() + secs(31))).await.unwrap();
-    assert_eq!(second, RoundReport { was_registered: false, leader: false, rescue: None });
+    assert_eq!(second, RoundReport { was_registered: false, leader: false, ..RoundReport::default() });
     let again = other.maintenance_round(&round("w2", t0() + secs(32))).await.unwrap();
     assert!(again.was_registered && !again.leader);
     assert!(fx.store.heartbeat("w1", t0() + secs(33)).await.unwrap());
+}
+
+async fn a_maintenance_round_reports_cancel_requests_for_its_own_running_tasks(fx: Arc<Fixture>) {
+    fx.store.insert(&[job("mine", 3), job("mine-too", 2), job("theirs", 1)]).await.unwrap();
+    claim(&fx.store, &default_queue(), 2, "w1", common::lease(), t0()).await;
+    claim(&fx.store, &default_queue(), 1, "w2", common::lease(), t0()).await;
+    fx.exec("UPDATE fasttasks_task SET cancel_requested_at = available_at WHERE id IN ('mine', 'theirs')")
+        .await;
+    let round = MaintenanceRound {
+        worker: WorkerRegistration {
+            worker_id: "w1",
+            backend_name: "default",
+            hostname: "h",
+            pid: 1,
+            now: t0(),
+        },
+        lease: lease("maintenance", "w1", t0()),
+        rescue: rescue_at(t0(), 3),
+    };
+    let report = fx.store.maintenance_round(&round).await.unwrap();
+    assert_eq!(report.cancel_requested, vec!["mine"], "only this worker's running tasks that were asked");
 }

@@ -220,6 +220,13 @@ impl Worker {
             .collect()
     }
 
+    /// Ids of running tasks whose cancellation was asked for since the last call (the same id again
+    /// each heartbeat round until the task ends).
+    fn drain_cancel_requests(&self) -> Vec<String> {
+        let mut requests = self.shared.cancel_requests.lock().unwrap_or_else(|poison| poison.into_inner());
+        std::mem::take(&mut *requests)
+    }
+
     /// The database, without its password, for banners.
     #[getter]
     fn database(&self) -> String {

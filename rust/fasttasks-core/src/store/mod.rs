@@ -94,6 +94,8 @@ pub struct RoundReport {
     pub leader: bool,
     /// The rescue, when this worker is the leader.
     pub rescue: Option<RescueReport>,
+    /// Ids of this worker's RUNNING tasks that `fasttasks.cancel()` asked to stop.
+    pub cancel_requested: Vec<String>,
 }
 
 /// What `rescue` did: ids of the rows it returned to READY and of those it ended FAILED.

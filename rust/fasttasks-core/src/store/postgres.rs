@@ -229,6 +229,11 @@ FROM lost
 WHERE t.id = lost.id
 RETURNING t.id, t.status";
 
+/// This worker's RUNNING tasks whose cancellation was asked for (through the running index).
+const CANCEL_REQUESTED: &str = "\
+SELECT id FROM fasttasks_task
+WHERE worker_id = $1 AND status = 'RUNNING' AND cancel_requested_at IS NOT NULL";
+
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -475,8 +480,10 @@ impl PostgresStore {
         }
         let leader = elect_on(&mut tx, &round.lease).await?;
         let rescue = if leader { Some(rescue_on(&mut tx, &round.rescue).await?) } else { None };
+        let cancel_requested =
+            sqlx::query_scalar(CANCEL_REQUESTED).bind(round.worker.worker_id).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        Ok(RoundReport { was_registered, leader, rescue })
+        Ok(RoundReport { was_registered, leader, rescue, cancel_requested })
     }
 
     pub async fn waker(&self) -> Result<PostgresWaker> {
@@ -498,7 +505,6 @@ impl PostgresStore {
     }
 }
 
-/// The claim statement for `request` with its parameters bound, or `None` when nothing can match.
 async fn register_on(connection: &mut PgConnection, worker: &WorkerRegistration<'_>) -> Result<()> {
     sqlx::query(REGISTER_WORKER)
         .bind(worker.worker_id)
@@ -551,6 +557,7 @@ async fn rescue_on(connection: &mut PgConnection, request: &RescueRequest<'_>) -
     Ok(report)
 }
 
+/// The claim statement for `request` with its parameters bound, or `None` when nothing can match.
 fn claim_query<'q>(
     request: &ClaimRequest<'_>,
 ) -> Option<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>> {

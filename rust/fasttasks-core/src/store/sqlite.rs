@@ -379,6 +379,11 @@ WHERE status = 'RUNNING'
     )"
 );
 
+/// PostgreSQL's cancel poll, in SQLite's dialect (see postgres.rs).
+const CANCEL_REQUESTED: &str = "\
+SELECT id FROM fasttasks_task
+WHERE worker_id = ?1 AND status = 'RUNNING' AND cancel_requested_at IS NOT NULL";
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Exactly one connection: every write of this process goes through it, one at a time.
@@ -766,7 +771,11 @@ impl SqliteStore {
             }
             let leader = elect_on(tx, &round.lease).await?;
             let rescue = if leader { Some(rescue_on(tx, &round.rescue).await?) } else { None };
-            Ok(RoundReport { was_registered, leader, rescue })
+            let cancel_requested = sqlx::query_scalar(CANCEL_REQUESTED)
+                .bind(round.worker.worker_id)
+                .fetch_all(&mut **tx)
+                .await?;
+            Ok(RoundReport { was_registered, leader, rescue, cancel_requested })
         })
         .await
     }
